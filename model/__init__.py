@@ -1,0 +1,1 @@
+"""The transformer, its tokenizer, presets, training and checkpoints."""
