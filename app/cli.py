@@ -46,6 +46,116 @@ def cmd_train(args, settings: Settings) -> int:
           f"losses {json.dumps(res.losses)}; model written to {res.out_dir}")
     return 0
 
+# --- index / query / eval --------------------------------------------------------------------
+def _workspace(args, settings: Settings):
+    from .workspace import open_workspace
+
+    return open_workspace(settings, model=args.model, corpus=args.corpus, n=args.n, mode=args.pool,
+                          store=args.store, device=args.device,
+                          allow_other_corpus=args.allow_other_corpus)
+
+
+def cmd_index(args, settings: Settings) -> int:
+    from .store import StoreError, open_store
+    from .workspace import build_index
+
+    ws = _workspace(args, settings)
+    if (ws.store_dir / "manifest.json").exists() and not args.force:
+        try:
+            st = open_store(ws.store_dir, ws.spec)
+            print(f"store already built: {ws.store_dir} ({st.size:,} strings); --force rebuilds it")
+            return 0
+        except StoreError as e:
+            print(f"rebuilding: {e}", file=sys.stderr)
+    path = build_index(ws, batch_size=args.batch_size, progress=not args.quiet)
+    m = json.loads((path / "manifest.json").read_text())
+    size = sum(f.stat().st_size for f in path.iterdir())
+    print(f"store written to {path}: {m['pool_size']:,} strings x {m['n_layer']} blocks x "
+          f"{m['n_embd']}, {size / 2**20:,.1f} MiB, built in {m['build_seconds']:.0f} s")
+    d = m["defaults"]
+    print(f"calibrated thresholds ({d['rule']}): " + ", ".join(f"{t:.4f}" for t in d["thresholds"]))
+    return 0
+
+
+def _settings_from_args(args):
+    from .approx import REFERENCE_THRESHOLDS, QuerySettings
+
+    def floats(text, what):
+        if text is None:
+            return None
+        if what == "thresholds" and text == "reference":
+            return list(REFERENCE_THRESHOLDS)
+        try:
+            return [float(x) for x in text.split(",")]
+        except ValueError:
+            raise UsageError(f"--{what} takes comma-separated numbers, e.g. 0.9,0.9,0.8,0.8,0.8,0.9")
+
+    return QuerySettings(mode=args.mode, thresholds=floats(args.thresholds, "thresholds"),
+                         k=args.k, weights=floats(args.weights, "weights"), blend=args.blend,
+                         exclude_self=args.exclude_self, show=getattr(args, "show", 10))
+
+
+def _engine(args, settings: Settings):
+    from .workspace import open_engine
+
+    ws = _workspace(args, settings)
+    return open_engine(ws, build=args.build, progress=not args.quiet)
+
+
+def cmd_query(args, settings: Settings) -> int:
+    from .present import query_dict, query_text
+
+    qs = _settings_from_args(args)
+    engine = _engine(args, settings)
+    res = engine.query(args.prompt, qs)
+    d = query_dict(res, engine.store, engine.tok.chars)
+    print(json.dumps(d, indent=2, ensure_ascii=False) if args.json else query_text(d))
+    return 0
+
+
+def cmd_eval(args, settings: Settings) -> int:
+    from .evaluate import evaluate, reference_prompts
+    from .present import eval_text
+
+    qs = _settings_from_args(args)
+    engine = _engine(args, settings)
+    rows = reference_prompts(engine.store, args.prompts, args.seed)
+    r = evaluate(engine, rows, qs, batch_size=args.batch_size, progress=not args.quiet)
+    r.pop("per_prompt_h")
+    r["seed"] = args.seed
+    print(json.dumps(r, indent=2) if args.json else eval_text(r))
+    return 0
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="committed model name or model directory "
+                   "(default: $FFNLENS_MODEL or tiny)")
+    p.add_argument("--corpus", default=None, help="the corpus file (default: the model's own, "
+                   "when it is the built-in Shakespeare plays)")
+    p.add_argument("--allow-other-corpus", action="store_true",
+                   help="explore a corpus other than the one the model was trained on")
+    p.add_argument("--n", type=int, default=10, help="pool string length (default 10)")
+    p.add_argument("--pool", default="reference", choices=["reference", "heldout"],
+                   help="pool from the whole text (reference) or the training split (heldout)")
+    p.add_argument("--store", default=None, help="store directory (default: under $FFNLENS_HOME)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _query_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", default="threshold", choices=["threshold", "topk"])
+    p.add_argument("--thresholds", default=None,
+                   help="per-block cosine thresholds, comma-separated, or 'reference' "
+                        "(default: the store's calibrated ones)")
+    p.add_argument("--k", type=int, default=200, help="neighbours per block in topk mode")
+    p.add_argument("--weights", default=None, help="per-block blend weights, comma-separated "
+                   "(default: METHOD.md's 0.01,0.01,0.1,1.5,6,0.01)")
+    p.add_argument("--blend", default="raw", choices=["raw", "normalised"])
+    p.add_argument("--exclude-self", action="store_true",
+                   help="leave out the pool string equal to the prompt")
+    p.add_argument("--build", action="store_true", help="build the store first if it is missing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffnlens", description=__doc__)
@@ -63,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="torch threads")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("index", help="build the activation store and calibrate its thresholds")
+    _store_args(i)
+    i.add_argument("--batch-size", type=int, default=2048)
+    i.add_argument("--force", action="store_true", help="rebuild even if a valid store exists")
+    i.set_defaults(func=cmd_index)
+
+    q = sub.add_parser("query", help="approximate the next-character distribution of a prompt")
+    q.add_argument("prompt")
+    _store_args(q)
+    _query_args(q)
+    q.add_argument("--show", type=int, default=10, help="neighbours listed per block")
+    q.set_defaults(func=cmd_query)
+
+    e = sub.add_parser("eval", help="METHOD.md's reference evaluation on prompts from the pool")
+    _store_args(e)
+    _query_args(e)
+    e.add_argument("--prompts", type=int, default=2000)
+    e.add_argument("--seed", type=int, default=1337)
+    e.add_argument("--batch-size", type=int, default=256)
+    e.set_defaults(func=cmd_eval)
     return p
 
 
@@ -72,11 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     from model.checkpoint import CheckpointError
     from model.tokenizer import UnknownCharacters
 
+    from .approx import QueryError
     from .corpus import CorpusError
+    from .store import StoreError
 
     try:
         return args.func(args, settings)
-    except (UsageError, CorpusError, CheckpointError, UnknownCharacters, KeyError, ValueError) as e:
+    except (UsageError, CorpusError, CheckpointError, UnknownCharacters, QueryError, StoreError,
+            KeyError, ValueError) as e:
         _die(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     except KeyboardInterrupt:
         print("\nffnlens: interrupted (an interrupted train or index resumes where it stopped)",

@@ -171,7 +171,7 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
     tr, va = evaluate()
     losses = {"train": round(tr, 4), "val": round(va, 4), "window": window}
     # Validation loss on full-context windows and on 64-character windows (every position used).
-    for w in sorted({cfg.block_size, 64}):
+    for w in sorted({cfg.block_size, min(64, cfg.block_size)}):
         if len(val_ids) > w + 1:
             losses[f"val_{w}"] = round(estimate_loss(model, val_t, recipe.batch_size, w,
                                                      recipe.eval_iters, 3, device), 4)

@@ -1,0 +1,197 @@
+"""The approximation: per-block follow-on counts of the neighbours, blended, against the model.
+
+For a prompt the engine runs the model once (softmax and every block's last-position FFN output),
+finds each block's neighbours in the store, sums their next-character count rows, blends the blocks
+with per-block weights, normalises, and measures the distance to the model's softmax.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from model.gpt import GPT, Trace
+from model.tokenizer import CharTokenizer, UnknownCharacters
+
+from .search import Neighbours, unit
+from .store import Store
+
+# METHOD.md's hand-tuned values for the reference model (blocks 0..5).
+REFERENCE_THRESHOLDS = (0.95, 0.94, 0.85, 0.76, 0.81, 0.89)
+REFERENCE_WEIGHTS = (0.01, 0.01, 0.1, 1.5, 6.0, 0.01)
+TOPK = (1, 2, 3, 5)
+
+
+class QueryError(ValueError):
+    """A prompt or a setting the engine cannot use; the message says what to change."""
+
+
+# --- metrics ---------------------------------------------------------------------------------
+def hellinger(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """H(p, q) = ||sqrt p - sqrt q||_2 / sqrt 2 over the last axis, in [0, 1]."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    return np.sqrt(((np.sqrt(p) - np.sqrt(q)) ** 2).sum(-1) / 2.0)
+
+
+def ranking(p: np.ndarray) -> np.ndarray:
+    """Token ids by decreasing probability, ties by id (a stable, reproducible order)."""
+    return np.lexsort((np.arange(p.shape[-1]), -np.asarray(p)))
+
+
+def topk_agreement(p: np.ndarray, q: np.ndarray, ks=TOPK) -> dict:
+    """For each k: do the k most likely tokens of p and q agree in order, and as sets?"""
+    rp, rq = ranking(p), ranking(q)
+    return {k: {"order": bool((rp[:k] == rq[:k]).all()), "set": set(rp[:k]) == set(rq[:k])}
+            for k in ks}
+
+
+# --- settings and results --------------------------------------------------------------------
+@dataclass
+class QuerySettings:
+    mode: str = "threshold"  # "threshold": cosine > per-block threshold; "topk": k nearest
+    thresholds: list[float] | None = None  # per block; None: the store's calibrated defaults
+    k: int = 200  # neighbours per block in top-k mode
+    weights: list[float] | None = None  # per block; None: METHOD.md's reference weights
+    blend: str = "raw"  # "raw": weight x summed counts (METHOD.md); "normalised": weight x distribution
+    exclude_self: bool = False  # drop the pool string equal to the prompt's last n characters
+    show: int = 10  # neighbours listed per block
+
+    def resolved(self, store: Store) -> "QuerySettings":
+        """A copy with thresholds and weights filled in and checked against the store."""
+        L = store.n_layer
+        s = QuerySettings(**asdict(self))
+        if s.mode not in ("threshold", "topk"):
+            raise QueryError(f"mode must be 'threshold' or 'topk', not {s.mode!r}")
+        if s.blend not in ("raw", "normalised"):
+            raise QueryError(f"blend must be 'raw' or 'normalised', not {s.blend!r}")
+        if s.thresholds is None:
+            s.thresholds = list(store.defaults.get("thresholds") or REFERENCE_THRESHOLDS[:L])
+        if s.weights is None:
+            s.weights = list(store.defaults.get("weights") or REFERENCE_WEIGHTS[:L])
+        for name, vals in (("thresholds", s.thresholds), ("weights", s.weights)):
+            if len(vals) != L:
+                raise QueryError(f"{name} need one value per block: {L} values, got {len(vals)}")
+            if not all(np.isfinite(v) for v in vals):
+                raise QueryError(f"{name} must be finite numbers")
+        if any(not -1.0 <= t <= 1.0 for t in s.thresholds):
+            raise QueryError("thresholds are cosine similarities: each must lie in [-1, 1]")
+        if any(w < 0 for w in s.weights):
+            raise QueryError("weights must be zero or positive")
+        if not 1 <= s.k <= store.size:
+            raise QueryError(f"k must be between 1 and the pool size ({store.size})")
+        return s
+
+
+@dataclass
+class BlockResult:
+    block: int
+    neighbours: Neighbours  # all of them
+    counts: np.ndarray  # (V,) int64: summed follow-on counts of the neighbours
+    weight: float  # the block's weight as set
+    share_raw: float = 0.0  # its share of the blend: weight x count total, normalised
+    share_norm: float = 0.0  # its share when each block's counts are first normalised
+    self_row: int | None = None  # the prompt's own pool row, when it is in the pool
+
+    @property
+    def n(self) -> int:
+        return len(self.neighbours)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+
+@dataclass
+class QueryResult:
+    prompt: str
+    settings: QuerySettings
+    backend: str
+    model_probs: np.ndarray  # (V,) the model's softmax
+    approx: np.ndarray  # (V,) the blended approximation
+    blocks: list[BlockResult]
+    hellinger: float
+    agreement: dict
+    fallback: str | None = None  # set when no block found a neighbour
+    meta: dict = field(default_factory=dict)
+
+
+# --- the engine --------------------------------------------------------------------------------
+class Engine:
+    """Model + store + search: answers queries. Holds no per-request state."""
+
+    def __init__(self, model: GPT, tok: CharTokenizer, store: Store, search, device: str = "cpu"):
+        self.model, self.tok, self.store, self.search, self.device = model, tok, store, search, device
+        totals = store.counts.sum_rows(np.arange(store.size))
+        self.unigram = totals / max(1, totals.sum())
+
+    def encode(self, prompt: str) -> np.ndarray:
+        if not prompt:
+            raise QueryError("the prompt is empty: type at least one character")
+        if len(prompt) > self.model.cfg.block_size:
+            raise QueryError(f"the prompt has {len(prompt)} characters; this model reads at most "
+                             f"{self.model.cfg.block_size}")
+        try:
+            return self.tok.encode(prompt)
+        except UnknownCharacters as e:
+            raise QueryError(f"the prompt has {e}; the vocabulary is {self.tok.chars!r}") from e
+
+    @torch.inference_mode()
+    def forward(self, ids: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Model softmax (V,) float64 and FFN outputs (L, C) at the last position."""
+        idx = torch.from_numpy(ids.astype(np.int64))[None].to(self.device)
+        trace = Trace(last_position=True)
+        logits, _ = self.model(idx, trace=trace, last_only=True)
+        probs = torch.softmax(logits[0, -1].double(), -1).cpu().numpy()
+        return probs, torch.stack([f[0, -1].float() for f in trace.ffn])
+
+    def query(self, prompt: str, settings: QuerySettings | None = None) -> QueryResult:
+        s = (settings or QuerySettings()).resolved(self.store)
+        ids = self.encode(prompt)
+        probs, ffn = self.forward(ids)
+        q = unit(ffn)
+        self_row = self.store.find(ids[-self.store.pool.n :])
+        exclude = self_row if s.exclude_self else None
+        blocks = []
+        for b in range(self.store.n_layer):
+            if s.mode == "threshold":
+                nb = self.search.threshold(b, q[b], s.thresholds[b], exclude)
+            else:
+                nb = self.search.topk(b, q[b], s.k, exclude)
+            counts = self.store.counts.sum_rows(nb.rows)
+            blocks.append(BlockResult(b, nb, counts, s.weights[b], self_row=self_row))
+        counts = np.stack([br.counts for br in blocks]).astype(np.float64)
+        approx, shares_raw, shares_norm = blend(counts, np.asarray(s.weights), s.blend)
+        for br, r, n in zip(blocks, shares_raw, shares_norm):
+            br.share_raw, br.share_norm = float(r), float(n)
+        fallback = None
+        if approx.sum() == 0:
+            approx, fallback = self.unigram.copy(), "unigram"
+        return QueryResult(prompt=prompt, settings=s, backend=self.search.name, model_probs=probs,
+                           approx=approx, blocks=blocks, hellinger=float(hellinger(probs, approx)),
+                           agreement=topk_agreement(probs, approx), fallback=fallback)
+
+
+def blend(counts: np.ndarray, weights: np.ndarray, mode: str = "raw"):
+    """counts (..., L, V), weights (L,) -> (approximation (..., V), raw shares, normalised shares).
+
+    raw (METHOD.md): sum_b w_b * counts_b, normalised at the end, so a block's effective weight
+    grows with its neighbours' count total. normalised: each block's counts are first made a
+    distribution. Shares are each block's part of the blend's total mass under the two views.
+    An all-zero blend is returned as zeros (the caller chooses a fallback).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    tot = counts.sum(-1)  # (..., L)
+    raw_mass = weights * tot
+    dist = np.divide(counts, tot[..., None], out=np.zeros_like(counts), where=tot[..., None] > 0)
+    norm_mass = weights * (tot > 0)
+    mix = (weights[:, None] * (counts if mode == "raw" else dist)).sum(-2)
+    z = mix.sum(-1, keepdims=True)
+    approx = np.divide(mix, z, out=np.zeros_like(mix), where=z > 0)
+
+    def shares(m):
+        s = m.sum(-1, keepdims=True)
+        return np.divide(m, s, out=np.zeros_like(m), where=s > 0)
+
+    return approx, shares(raw_mass), shares(norm_mass)

@@ -1,0 +1,147 @@
+"""Neighbour search over one block of the store: by threshold (cosine strictly above it) or top-k.
+
+Every backend answers the same two questions for one query and for a batch, and names itself in
+``name``. Results are ordered by similarity (descending), ties by pool row (ascending); top-k takes
+ties at rank k in row order, so answers are deterministic and comparable across backends.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .store import Store
+
+
+@dataclass
+class Neighbours:
+    rows: np.ndarray  # (m,) int64 pool rows, by decreasing similarity
+    sims: np.ndarray  # (m,) float32 cosine similarities
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _order(rows: torch.Tensor, sims: torch.Tensor) -> Neighbours:
+    rows, sims = rows.cpu().numpy().astype(np.int64), sims.cpu().float().numpy()
+    o = np.lexsort((rows, -sims))
+    return Neighbours(rows[o], sims[o])
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+class ExactSearch:
+    """Full scan: one matrix product over the block's float16 unit vectors.
+
+    A single query runs one float16 matrix-vector product over the memory-mapped block (CPU) or
+    over the block held on the GPU; batches convert row chunks to float32 and apply thresholds chunk
+    by chunk, so the full similarity matrix is never held.
+    """
+
+    name = "exact"
+
+    def __init__(self, store: Store, device: str = "cpu", chunk: int = 65536):
+        self.store, self.device, self.chunk = store, device, chunk
+        self._blocks = [None] * store.n_layer
+
+    def block(self, b: int) -> torch.Tensor:
+        """(P, C) float16 tensor of block ``b`` (memory-mapped on the CPU; copied to a GPU)."""
+        if self._blocks[b] is None:
+            arr = self.store.unit[b]
+            with np.errstate(all="ignore"):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # read-only mmap: we never write to it
+                    t = torch.from_numpy(arr)
+            self._blocks[b] = t.to(self.device) if self.device != "cpu" else t
+        return self._blocks[b]
+
+    def similarities(self, b: int, q: torch.Tensor) -> torch.Tensor:
+        """(P,) float32 cosine similarities of the unit query ``q`` (C,) with every string."""
+        X = self.block(b)
+        return torch.mv(X, q.to(X.device, X.dtype)).float()
+
+    def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
+        s = self.similarities(b, q)
+        if exclude is not None:
+            s[exclude] = -float("inf")
+        rows = torch.nonzero(s > thr).flatten()
+        return _order(rows, s[rows])
+
+    def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
+        s = self.similarities(b, q)
+        if exclude is not None:
+            s[exclude] = -float("inf")
+        return _topk_ties(s, k, exclude is not None)
+
+    # --- batches (evaluation) -----------------------------------------------------------------
+    def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
+                        exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
+        """(query index, pool row, similarity) of every pair with similarity > thr, for unit
+        queries Q (B, C); ``exclude`` (B,) holds a row to skip per query (-1: none)."""
+        X = self.block(b)
+        Q = Q.to(X.device, torch.float32)
+        qi, rows, sims = [], [], []
+        for s in range(0, X.shape[0], self.chunk):
+            S = Q @ X[s : s + self.chunk].to(torch.float32).T  # (B, chunk)
+            if exclude is not None:
+                _mask_excluded(S, exclude, s)
+            i, j = torch.nonzero(S > thr, as_tuple=True)
+            qi.append(i.cpu())
+            rows.append((j + s).cpu())
+            sims.append(S[i, j].cpu())
+        return (torch.cat(qi).numpy().astype(np.int64), torch.cat(rows).numpy().astype(np.int64),
+                torch.cat(sims).numpy())
+
+    def batch_topk(self, b: int, Q: torch.Tensor, k: int,
+                   exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
+        """(query index, pool row, similarity) of each query's k most similar strings."""
+        X = self.block(b)
+        Q = Q.to(X.device, torch.float32)
+        best_v = torch.full((Q.shape[0], 0), -float("inf"), device=X.device)
+        best_i = torch.zeros((Q.shape[0], 0), dtype=torch.long, device=X.device)
+        for s in range(0, X.shape[0], self.chunk):
+            S = Q @ X[s : s + self.chunk].to(torch.float32).T
+            if exclude is not None:
+                _mask_excluded(S, exclude, s)
+            v = torch.cat([best_v, S], dim=1)
+            i = torch.cat([best_i, torch.arange(s, s + S.shape[1], device=X.device).expand_as(S)], 1)
+            kk = min(k, v.shape[1])
+            best_v, pos = v.topk(kk, dim=1)
+            best_i = i.gather(1, pos)
+        keep = torch.isfinite(best_v)
+        qi = torch.arange(Q.shape[0], device=X.device)[:, None].expand_as(best_i)
+        return (qi[keep].cpu().numpy().astype(np.int64), best_i[keep].cpu().numpy().astype(np.int64),
+                best_v[keep].cpu().numpy())
+
+
+def _mask_excluded(S: torch.Tensor, exclude: torch.Tensor, start: int) -> None:
+    """Set S[i, exclude[i] - start] to -inf where that row lies in this chunk (exclude < 0: none)."""
+    ex = exclude.to(S.device)
+    inside = (ex >= start) & (ex < start + S.shape[1])
+    idx = torch.nonzero(inside).flatten()
+    S[idx, ex[idx] - start] = -float("inf")
+
+
+def _topk_ties(s: torch.Tensor, k: int, has_excluded: bool) -> Neighbours:
+    """The k largest of s; ties at the k-th value are taken in row order. -inf never counts."""
+    finite = int(torch.isfinite(s).sum()) if has_excluded else s.numel()
+    k = min(k, finite)
+    if k <= 0:
+        return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32))
+    kth = s.topk(k).values[-1]
+    above = torch.nonzero(s > kth).flatten()
+    tied = torch.nonzero(s == kth).flatten()[: k - len(above)]
+    rows = torch.cat([above, tied])
+    return _order(rows, s[rows])
+
+
+def make_search(store: Store, backend: str = "exact", device: str = "cpu"):
+    if backend == "exact":
+        return ExactSearch(store, device)
+    raise ValueError(f"unknown search backend {backend!r}; available: exact")

@@ -1,0 +1,292 @@
+"""The activation store: every pool string's last-position FFN output, per block.
+
+A store is a directory:
+    manifest.json       what it was built from (model and corpus hashes, pool settings, dtype),
+                        its default thresholds, and the size and hash of every file
+    ffn_unit.npy        (n_layer, P, n_embd) float16: unit-normalised FFN outputs
+    ffn_norm.npy        (n_layer, P) float32: their norms (unit * norm = the FFN output)
+    pool_starts.npy     (P,) int64: first occurrence of each pool string in the corpus
+    pool_at.npy         (positions,) int32: pool row of the string starting at each position
+    counts_*.npy        the next-character count table as CSR
+
+It is built in ``<dir>.partial`` (resumable: rows are written in order and the number done is
+recorded after each flush) and renamed into place only when complete, so a store that loads is
+always whole. Loading memory-maps the large arrays and refuses a store built for another model,
+corpus or pool.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.gpt import GPT, Trace
+
+from .corpus import Corpus, NextCounts, Pool, build_pool, next_counts
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+BIG = ("ffn_unit.npy", "ffn_norm.npy")
+SMALL = ("pool_starts.npy", "pool_at.npy", "counts_indptr.npy", "counts_chars.npy", "counts_n.npy")
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete, corrupt, or was built for something else."""
+
+
+@dataclass
+class StoreSpec:
+    """What a store is built from; two stores with equal specs are interchangeable."""
+
+    model_name: str
+    model_sha256: str
+    corpus_name: str
+    corpus_sha256: str
+    n: int = 10
+    mode: str = "reference"
+    dtype: str = "float16"
+
+    def identity(self) -> dict:
+        return {"model_sha256": self.model_sha256, "corpus_sha256": self.corpus_sha256,
+                "n": self.n, "mode": self.mode, "dtype": self.dtype}
+
+    def dirname(self) -> str:
+        return (f"{self.model_name}-{self.model_sha256[:8]}-{self.corpus_sha256[:8]}"
+                f"-n{self.n}-{self.mode}")
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 22):
+            h.update(b)
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def ffn_last(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids -> (n_layer, B, C) float32: each block's FFN output at the last position."""
+    trace = Trace(last_position=True)
+    model(idx, trace=trace, last_only=True, skip_head=True)
+    return torch.stack([f[:, -1].float() for f in trace.ffn])
+
+
+def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, device: str = "cpu",
+                batch_size: int = 2048, progress: bool = True, flush_every: int = 64) -> Path:
+    """Build (or resume building) the store's arrays in ``out_dir.partial``; returns that path.
+
+    Call :func:`finalize` to give it its manifest and move it into place.
+    """
+    out_dir = Path(out_dir)
+    part = out_dir.with_name(out_dir.name + ".partial")
+    ident = spec.identity()
+    prog_path = part / PROGRESS
+    if part.exists():
+        try:
+            prog = json.loads(prog_path.read_text())
+            if prog.get("identity") != ident:
+                raise ValueError("built for something else")
+        except (OSError, ValueError):
+            shutil.rmtree(part)  # unreadable or foreign: start again
+    part.mkdir(parents=True, exist_ok=True)
+    if not prog_path.exists():
+        pool = build_pool(ids, spec.n, model.cfg.vocab_size, spec.mode)
+        nc = next_counts(ids, pool, model.cfg.vocab_size)
+        np.save(part / "pool_starts.npy", pool.starts)
+        np.save(part / "pool_at.npy", pool.at)
+        np.save(part / "counts_indptr.npy", nc.indptr)
+        np.save(part / "counts_chars.npy", nc.chars.astype(np.uint8 if nc.vocab_size <= 256 else np.int32))
+        np.save(part / "counts_n.npy", nc.counts)
+        L, C, P = model.cfg.n_layer, model.cfg.n_embd, len(pool)
+        np.lib.format.open_memmap(part / "ffn_unit.npy", "w+", np.float16, (L, P, C)).flush()
+        np.lib.format.open_memmap(part / "ffn_norm.npy", "w+", np.float32, (L, P)).flush()
+        _write_json(prog_path, {"identity": ident, "done": 0, "seconds": 0.0})
+    prog = json.loads(prog_path.read_text())
+    starts = np.load(part / "pool_starts.npy")
+    unit = np.load(part / "ffn_unit.npy", mmap_mode="r+")
+    norm = np.load(part / "ffn_norm.npy", mmap_mode="r+")
+    P, n = len(starts), spec.n
+    done, seconds = prog["done"], prog["seconds"]
+    model.eval()
+    bar = tqdm(total=P, initial=done, unit="str", desc=f"store {spec.model_name}",
+               disable=not progress, dynamic_ncols=True, smoothing=0.05)
+    offs = np.arange(n)
+    t0 = time.time() - seconds
+    batches = 0
+    while done < P:
+        end = min(P, done + batch_size)
+        idx = torch.from_numpy(ids[starts[done:end, None] + offs].astype(np.int64)).to(device)
+        f = ffn_last(model, idx)  # (L, B, C)
+        nrm = f.norm(dim=-1)
+        u = f / nrm.clamp_min(1e-30)[..., None]
+        unit[:, done:end] = u.half().cpu().numpy()
+        norm[:, done:end] = nrm.cpu().numpy()
+        bar.update(end - done)
+        done = end
+        batches += 1
+        if batches % flush_every == 0 or done == P:
+            unit.flush()
+            norm.flush()
+            _write_json(prog_path, {"identity": ident, "done": done, "seconds": time.time() - t0})
+    bar.close()
+    return part
+
+
+def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: dict) -> Path:
+    """Hash the files, write the manifest, and move ``part`` into place atomically."""
+    prog = json.loads((part / PROGRESS).read_text())
+    P = len(np.load(part / "pool_starts.npy", mmap_mode="r"))
+    if prog["done"] != P:
+        raise StoreError(f"{part} is incomplete ({prog['done']} of {P} strings)")
+    files = {}
+    for name in SMALL + BIG:
+        p = part / name
+        files[name] = {"bytes": p.stat().st_size}
+        if name in SMALL:
+            files[name]["sha256"] = _sha256(p)
+    manifest = {
+        "format": FORMAT,
+        "complete": True,
+        **spec.identity(),
+        "model_name": spec.model_name,
+        "corpus_name": spec.corpus_name,
+        "pool_size": P,
+        "n_layer": model_cfg["n_layer"],
+        "n_embd": model_cfg["n_embd"],
+        "vocab": vocab,
+        "build_seconds": round(prog["seconds"], 1),
+        "files": files,
+        **extra,
+    }
+    _write_json(part / MANIFEST, manifest)
+    (part / PROGRESS).unlink()
+    final = part.with_name(part.name[: -len(".partial")])
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(part, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(part, final)
+    return final
+
+
+@dataclass
+class Store:
+    path: Path
+    manifest: dict
+    unit: np.ndarray  # (L, P, C) float16, memory-mapped
+    norm: np.ndarray  # (L, P) float32, memory-mapped
+    pool: Pool
+    counts: NextCounts
+    corpus_ids: np.ndarray | None = field(default=None, repr=False)  # the corpus as token ids
+    _lookup: tuple | None = field(default=None, repr=False)
+
+    @property
+    def n_layer(self) -> int:
+        return self.unit.shape[0]
+
+    @property
+    def size(self) -> int:
+        return self.unit.shape[1]
+
+    @property
+    def defaults(self) -> dict:
+        return self.manifest.get("defaults", {})
+
+    def ffn(self, block: int, rows) -> np.ndarray:
+        """The stored FFN outputs (float32) of ``rows`` in ``block``."""
+        rows = np.asarray(rows)
+        return self.unit[block, rows].astype(np.float32) * self.norm[block, rows, None]
+
+    def find(self, ids: np.ndarray) -> int | None:
+        """Pool row of the n-character string ``ids``, or None when it is not in the pool."""
+        if len(ids) != self.pool.n:
+            return None
+        if self._lookup is None:
+            V = len(self.manifest["vocab"])
+            strings = self.pool.strings(self.corpus_ids)
+            keys = self._keys(strings, V)
+            order = np.argsort(keys, kind="stable")
+            self._lookup = (keys[order], order)
+        keys, order = self._lookup
+        k = self._keys(np.asarray(ids)[None], len(self.manifest["vocab"]))[0]
+        i = int(np.searchsorted(keys, k))
+        return int(order[i]) if i < len(keys) and keys[i] == k else None
+
+    @staticmethod
+    def _keys(strings: np.ndarray, V: int):
+        if V ** strings.shape[1] < 2 ** 63:
+            key = np.zeros(len(strings), dtype=np.int64)
+            for j in range(strings.shape[1]):
+                key = key * V + strings[:, j].astype(np.int64)
+            return key
+        return np.array([s.tobytes() for s in strings.astype(np.int32)], dtype=object)
+
+
+def open_store(path: Path, spec: StoreSpec | None = None, corpus_ids: np.ndarray | None = None,
+               verify_hashes: bool = True) -> Store:
+    """Memory-map a complete store; with ``spec``, refuse one built for anything else."""
+    path = Path(path)
+    rebuild = "run `ffnlens index` for this model and corpus to rebuild it"
+    mpath = path / MANIFEST
+    if not mpath.exists():
+        if path.with_name(path.name + ".partial").exists() or path.name.endswith(".partial"):
+            raise StoreError(f"the store at {path} is only partly built; run `ffnlens index` to "
+                             "finish it (it resumes where it stopped)")
+        raise StoreError(f"no store at {path} (no {MANIFEST}); {rebuild}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{mpath} is not valid JSON ({e}); {rebuild}") from e
+    if manifest.get("format") != FORMAT or not manifest.get("complete"):
+        raise StoreError(f"{path} has an unknown format or was never completed; {rebuild}")
+    if spec is not None:
+        want, have = spec.identity(), {k: manifest.get(k) for k in spec.identity()}
+        diff = [k for k in want if want[k] != have[k]]
+        if diff:
+            what = ", ".join(f"{k} is {str(have[k])[:12]} but {str(want[k])[:12]} is wanted"
+                             for k in diff)
+            raise StoreError(f"the store at {path} was built for another model or corpus ({what}); "
+                             f"{rebuild}")
+    for name, meta in manifest["files"].items():
+        p = path / name
+        if not p.exists():
+            raise StoreError(f"{p} is missing; {rebuild}")
+        if p.stat().st_size != meta["bytes"]:
+            raise StoreError(f"{p} has {p.stat().st_size} bytes, the manifest says {meta['bytes']}: "
+                             f"the store is truncated or corrupt; {rebuild}")
+        if verify_hashes and "sha256" in meta and _sha256(p) != meta["sha256"]:
+            raise StoreError(f"{p} does not match its hash in the manifest; {rebuild}")
+    try:
+        unit = np.load(path / "ffn_unit.npy", mmap_mode="r")
+        norm = np.load(path / "ffn_norm.npy", mmap_mode="r")
+        starts = np.load(path / "pool_starts.npy")
+        at = np.load(path / "pool_at.npy")
+        counts = NextCounts(np.load(path / "counts_indptr.npy"),
+                            np.load(path / "counts_chars.npy").astype(np.int32),
+                            np.load(path / "counts_n.npy"), len(manifest["vocab"]))
+    except (ValueError, OSError) as e:
+        raise StoreError(f"{path} cannot be read ({e}); {rebuild}") from e
+    L, P, C = manifest["n_layer"], manifest["pool_size"], manifest["n_embd"]
+    if unit.shape != (L, P, C) or norm.shape != (L, P) or len(starts) != P:
+        raise StoreError(f"{path}: array shapes do not match the manifest; {rebuild}")
+    pool = Pool(n=manifest["n"], mode=manifest["mode"], starts=starts, at=at)
+    return Store(path=path, manifest=manifest, unit=unit, norm=norm, pool=pool, counts=counts,
+                 corpus_ids=corpus_ids)

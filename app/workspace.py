@@ -1,0 +1,101 @@
+"""Opening what a command or the web app works on: a model, its corpus, its store, an engine.
+
+Resolves names to paths, checks that the corpus is the one the model was trained on (or that its
+characters fit the model when another corpus is allowed), and finds or builds the store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_model, resolve_model_dir
+from model.tokenizer import UnknownCharacters
+from model.train import resolve_device
+
+from .approx import Engine
+from .corpus import DEFAULT_CORPUS, Corpus, CorpusError, load_corpus
+from .evaluate import calibrate_thresholds
+from .search import make_search
+from .settings import Settings
+from .store import StoreSpec, build_store, finalize, open_store
+
+
+@dataclass
+class Workspace:
+    model: object
+    tok: object
+    model_info: dict
+    corpus: Corpus
+    ids: np.ndarray
+    spec: StoreSpec
+    store_dir: Path
+    device: str
+
+
+def open_workspace(settings: Settings, model: str | None = None, corpus: str | None = None,
+                   n: int = 10, mode: str = "reference", store: str | None = None,
+                   device: str | None = None, allow_other_corpus: bool = False) -> Workspace:
+    device = resolve_device(device or settings.device)
+    model_dir = resolve_model_dir(model or settings.model)
+    net, tok, info = load_model(model_dir, device=device)
+    trained_on = info.get("corpus", {})
+    if corpus is None:
+        if trained_on.get("name", DEFAULT_CORPUS) != DEFAULT_CORPUS:
+            raise CorpusError(
+                f"model {model_dir.name} was trained on {trained_on.get('name')!r} "
+                f"(sha256 {trained_on.get('sha256', '?')[:16]}..., {trained_on.get('chars')} "
+                f"characters): pass that file with --corpus PATH")
+    text = load_corpus(corpus)
+    if trained_on.get("sha256") and text.sha256 != trained_on["sha256"] and not allow_other_corpus:
+        raise CorpusError(
+            f"the corpus {text.name!r} (sha256 {text.sha256[:16]}..., {len(text.text)} characters) "
+            f"is not the one model {model_dir.name} was trained on ({trained_on.get('name')!r}, "
+            f"sha256 {trained_on['sha256'][:16]}..., {trained_on.get('chars')} characters); pass "
+            f"the right file, or --allow-other-corpus to explore this text with this model")
+    try:
+        ids = tok.encode(text.text)
+    except UnknownCharacters as e:
+        raise CorpusError(f"the corpus {text.name!r} has {e}") from e
+    spec = StoreSpec(model_name=model_dir.name, model_sha256=info["sha256"], corpus_name=text.name,
+                     corpus_sha256=text.sha256, n=n, mode=mode)
+    store_dir = Path(store) if store else settings.stores / spec.dirname()
+    return Workspace(net, tok, info, text, ids, spec, store_dir, device)
+
+
+def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
+                calibration_prompts: int = 256) -> Path:
+    """Build the store (resuming a partial build), calibrate its thresholds, move it into place."""
+    part = build_store(ws.model, ws.ids, ws.spec, ws.store_dir, ws.device, batch_size, progress)
+    st = _open_partial(part, ws)
+    engine = Engine(ws.model, ws.tok, st, make_search(st, "exact", ws.device), ws.device)
+    defaults = calibrate_thresholds(engine, n_prompts=calibration_prompts, progress=progress)
+    return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, {"defaults": defaults})
+
+
+def _open_partial(part: Path, ws: Workspace):
+    """A Store over a finished-but-unsealed build directory (for calibration before sealing)."""
+    from .corpus import NextCounts, Pool
+    from .store import Store
+
+    manifest = {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode}
+    counts = NextCounts(np.load(part / "counts_indptr.npy"),
+                        np.load(part / "counts_chars.npy").astype(np.int32),
+                        np.load(part / "counts_n.npy"), len(ws.tok))
+    pool = Pool(n=ws.spec.n, mode=ws.spec.mode, starts=np.load(part / "pool_starts.npy"),
+                at=np.load(part / "pool_at.npy"))
+    return Store(path=part, manifest=manifest, unit=np.load(part / "ffn_unit.npy", mmap_mode="r"),
+                 norm=np.load(part / "ffn_norm.npy", mmap_mode="r"), pool=pool, counts=counts,
+                 corpus_ids=ws.ids)
+
+
+def open_engine(ws: Workspace, backend: str = "exact", build: bool = False,
+                progress: bool = True) -> Engine:
+    """The engine over the workspace's store; builds the store first when ``build`` and missing."""
+    if build and not (ws.store_dir / "manifest.json").exists():
+        build_index(ws, progress=progress)
+    st = open_store(ws.store_dir, ws.spec, corpus_ids=ws.ids)
+    torch.set_grad_enabled(False)
+    return Engine(ws.model, ws.tok, st, make_search(st, backend, ws.device), ws.device)

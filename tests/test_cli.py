@@ -1,0 +1,84 @@
+"""The command line, run as a user runs it: a subprocess, its output and its exit code."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+
+def ffnlens(*args, home, check=None):
+    env = {**os.environ, "FFNLENS_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=600)
+    if check is not None:
+        assert p.returncode == check, p.stdout + p.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def cli(engine, micro_model_dir, micro_corpus, home):
+    def run(*args, check=None):
+        return ffnlens(*args, "--model", micro_model_dir, "--corpus", micro_corpus, home=home,
+                       check=check)
+    return run
+
+
+def test_query_text_and_json(cli):
+    out = cli("query", "the king ", "--quiet", check=0).stdout
+    assert "block 5" in out and "Hellinger distance" in out and "backend exact" in out
+    d = json.loads(cli("query", "the king ", "--json", "--mode", "topk", "--k", "4", check=0).stdout)
+    assert d["backend"] == "exact" and len(d["blocks"]) == 6
+    assert all(b["neighbours"] == 4 for b in d["blocks"])
+    assert abs(sum(d["approximation"].values()) - 1) < 1e-9 and 0 <= d["hellinger"] <= 1
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("", "the prompt is empty"),
+    ("the Zing", "not in the model's vocabulary: 'Z'"),
+    ("x" * 40, "this model reads at most 32"),
+])
+def test_bad_prompts_exit_2(cli, prompt, message):
+    p = cli("query", prompt, check=2)
+    assert message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_settings_exit_2(cli):
+    p = cli("query", "the king ", "--thresholds", "0.9,0.9", check=2)
+    assert "one value per block" in p.stderr
+    p = cli("query", "the king ", "--weights", "a,b", check=2)
+    assert "comma-separated numbers" in p.stderr
+
+
+def test_missing_and_mismatched_stores_exit_2(cli, tmp_path, micro_model_dir, home):
+    p = cli("query", "the king ", "--store", tmp_path / "nothing", check=2)
+    assert "no store" in p.stderr and "ffnlens index" in p.stderr
+    other = tmp_path / "other.txt"
+    other.write_text("the king and the queen. " * 50)
+    p = ffnlens("query", "the king ", "--model", micro_model_dir, "--corpus", other, home=home,
+                check=2)
+    assert "is not the one model" in p.stderr and "--allow-other-corpus" in p.stderr
+    p = ffnlens("query", "the king ", "--model", tmp_path / "nomodel", home=home, check=2)
+    assert "no model at" in p.stderr
+
+
+def test_eval_prints_the_reference_statistics(cli):
+    d = json.loads(cli("eval", "--prompts", "64", "--json", "--quiet", check=0).stdout)
+    assert d["prompts"] == 64 and 0 <= d["hellinger"]["mean"] <= 1
+    assert set(d["topk"]) == {"1", "2", "3", "5"}
+    out = cli("eval", "--prompts", "32", "--quiet", "--exclude-self", check=0).stdout
+    assert "Hellinger  mean" in out and "self excluded" in out
+
+
+def test_train_runs_and_resumes(tmp_path, micro_corpus):
+    args = ("train", "--preset", "blog-cpu", "--corpus", micro_corpus, "--quiet",
+            "--run-dir", tmp_path / "run", "--out", tmp_path / "m")
+    # The blog-cpu recipe on a micro corpus: 2 steps, then resume to 3 (never the full recipe here).
+    p = ffnlens(*args, "--steps", "2", home=tmp_path, check=0)
+    assert "trained blog-cpu for 2 steps" in p.stdout
+    p = ffnlens(*args, "--steps", "3", home=tmp_path, check=0)
+    assert "resumed at step 2" in p.stdout
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["arch"]["n_embd"] == 384 and cfg["steps"] == 3

@@ -1,0 +1,74 @@
+"""The engine's neighbours against a brute-force recomputation from the stored vectors."""
+import numpy as np
+import pytest
+import torch
+
+from app.search import ExactSearch, unit
+
+TOL = 1e-4  # similarities this close to a threshold may fall either way between float paths
+
+
+def brute(store, b, q):
+    X = store.unit[b].astype(np.float64)
+    return X @ q.numpy().astype(np.float64)
+
+
+def check_threshold(got_rows, sims, thr, exclude=None):
+    got = set(got_rows.tolist())
+    must = set(np.nonzero(sims > thr + TOL)[0].tolist()) - {exclude}
+    may = set(np.nonzero(sims > thr - TOL)[0].tolist()) - {exclude}
+    assert must <= got <= may
+
+
+@pytest.mark.parametrize("b", range(6))
+def test_threshold_and_topk_equal_brute_force(engine, b):
+    store = engine.store
+    search = engine.search
+    rng = np.random.default_rng(b)
+    for row in rng.choice(store.size, 5, replace=False):
+        q = unit(torch.from_numpy(store.ffn(b, [row])[0]))
+        sims = brute(store, b, q)
+        for thr in (np.quantile(sims, 0.99), np.quantile(sims, 0.5), 0.0, -1.0):
+            nb = search.threshold(b, q, float(thr))
+            check_threshold(nb.rows, sims, thr)
+            assert (np.diff(nb.sims) <= 0).all()
+            ex = search.threshold(b, q, float(thr), exclude=int(row))
+            check_threshold(ex.rows, sims, thr, exclude=int(row))
+            assert int(row) not in set(ex.rows.tolist())
+        for k in (1, 7, 50, store.size + 10):
+            nb = search.topk(b, q, k)
+            assert len(nb) == min(k, store.size)
+            kth = np.sort(sims)[::-1][min(k, store.size) - 1]
+            assert (sims[nb.rows] >= kth - TOL).all()
+            assert set(np.nonzero(sims > kth + TOL)[0]) <= set(nb.rows.tolist())
+            ex = search.topk(b, q, k, exclude=int(row))
+            assert int(row) not in set(ex.rows.tolist()) and len(ex) == min(k, store.size - 1)
+
+
+def test_topk_ties_are_taken_in_row_order():
+    from app.search import _topk_ties
+
+    s = torch.tensor([0.5, 0.9, 0.5, 0.5, 0.1, 0.9])
+    nb = _topk_ties(s, 3, False)
+    assert nb.rows.tolist() == [1, 5, 0]
+    nb = _topk_ties(s, 4, False)
+    assert nb.rows.tolist() == [1, 5, 0, 2]
+
+
+def test_batches_equal_single_queries(engine):
+    store, search = engine.store, engine.search
+    rows = np.array([0, 5, 17, 40])
+    for b in (0, 3, 5):
+        Q = unit(torch.from_numpy(store.ffn(b, rows)))
+        thr = 0.9
+        qi, nb, sims = search.batch_threshold(b, Q, thr, exclude=torch.from_numpy(rows))
+        for i, r in enumerate(rows):
+            single = search.threshold(b, Q[i], thr, exclude=int(r))
+            s = brute(store, b, Q[i])
+            check_threshold(nb[qi == i], s, thr, exclude=int(r))
+            assert len(single) == pytest.approx(int((qi == i).sum()), abs=3)
+        qi, nb, sims = search.batch_topk(b, Q, 9)
+        for i in range(len(rows)):
+            assert (qi == i).sum() == 9
+            single = search.topk(b, Q[i], 9)
+            assert np.allclose(np.sort(sims[qi == i])[::-1], single.sims, atol=TOL)
