@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= tiny
-PROMPT ?= ROMEO:\nBut s
+PROMPT ?= To be, or 
 CORPUS ?=
 CORPUS_ARG := $(if $(CORPUS),--corpus $(CORPUS),)
 

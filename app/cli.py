@@ -27,6 +27,8 @@ def cmd_train(args, settings: Settings) -> int:
     from .corpus import load_corpus
 
     preset = get_preset(args.preset)
+    _override(preset.arch, args.arch, "--arch")
+    _override(preset.recipe, args.recipe, "--recipe")
     corpus = load_corpus(args.corpus)
     tok = CharTokenizer.from_text(corpus.text)
     ids = tok.encode(corpus.text)
@@ -157,6 +159,24 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _override(obj, text: str | None, flag: str) -> None:
+    """Apply "key=value,key=value" to a dataclass's scalar fields, typed like their defaults."""
+    if not text:
+        return
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not hasattr(obj, key) or isinstance(getattr(obj, key), (list, tuple, dict)):
+            fields = [f for f, v in vars(obj).items() if not isinstance(v, (list, tuple, dict))]
+            raise UsageError(f"{flag}: unknown field {key!r}; choose from {', '.join(fields)}")
+        kind = type(getattr(obj, key))
+        try:
+            val = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        except ValueError:
+            raise UsageError(f"{flag}: {key} takes a {kind.__name__}, not {value!r}")
+        setattr(obj, key, val)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffnlens", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default=None, help="model name (default: the preset's)")
     t.add_argument("--out", default=None, help="model directory (default: $FFNLENS_HOME/models/NAME)")
     t.add_argument("--run-dir", default=None, help="resumable state (default: $FFNLENS_HOME/runs/NAME)")
+    t.add_argument("--arch", default=None, help="architecture overrides, e.g. n_embd=64,n_head=2")
+    t.add_argument("--recipe", default=None, help="recipe overrides, e.g. batch_size=4,eval_iters=2")
     t.add_argument("--threads", type=int, default=None, help="torch threads")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

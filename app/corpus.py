@@ -162,14 +162,14 @@ class NextCounts:
         start, end = self.indptr[rows], self.indptr[rows + 1]
         lens = end - start
         total = int(lens.sum())
-        out = np.zeros(n_groups * self.vocab_size, dtype=np.int64)
         if total == 0:
-            return out.reshape(n_groups, self.vocab_size)
+            return np.zeros((n_groups, self.vocab_size), dtype=np.int64)
         # Expand each row's [start, end) range into flat entry indices without a Python loop.
         offsets = np.repeat(start - np.cumsum(lens) + lens, lens) + np.arange(total)
         g = np.repeat(np.asarray(group, dtype=np.int64), lens)
-        np.add.at(out, g * self.vocab_size + self.chars[offsets], self.counts[offsets])
-        return out.reshape(n_groups, self.vocab_size)
+        out = np.bincount(g * self.vocab_size + self.chars[offsets], weights=self.counts[offsets],
+                          minlength=n_groups * self.vocab_size)  # float64: exact below 2^53
+        return out.astype(np.int64).reshape(n_groups, self.vocab_size)
 
     def totals(self) -> np.ndarray:
         """Occurrences followed by a character, per pool string."""

@@ -34,12 +34,23 @@ def unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
-class ExactSearch:
-    """Full scan: one matrix product over the block's float16 unit vectors.
+# A similarity computed by a float16 matrix-vector product (float32 accumulation, float16 output)
+# differs from the float32 one by at most: the query's rounding to float16, |x.(q - q16)| <=
+# |q - q16| <= 2^-11 (Cauchy-Schwarz, unit x and q), plus the output's rounding, half an ulp of a
+# value below 1.002, <= 2^-11, plus float32 accumulation error (~1e-6): under 1e-3 in all. The margin
+# doubles that, so the float16 pass never drops a string the float32 pass would keep.
+COARSE_MARGIN = 2e-3
 
-    A single query runs one float16 matrix-vector product over the memory-mapped block (CPU) or
-    over the block held on the GPU; batches convert row chunks to float32 and apply thresholds chunk
-    by chunk, so the full similarity matrix is never held.
+
+class ExactSearch:
+    """Full scan of the block's float16 unit vectors.
+
+    Similarities are float32 dot products of the stored float16 unit vectors with the float32 unit
+    query. A single query first runs one fast float16 matrix-vector product over the whole block
+    (memory-mapped on the CPU, or held on the GPU), keeps every string within COARSE_MARGIN of
+    qualifying, and recomputes those in float32: the answer is the float32 answer, exactly.
+    Batches convert row chunks to float32 and apply thresholds chunk by chunk, so the full
+    similarity matrix is never held.
     """
 
     name = "exact"
@@ -51,33 +62,55 @@ class ExactSearch:
     def block(self, b: int) -> torch.Tensor:
         """(P, C) float16 tensor of block ``b`` (memory-mapped on the CPU; copied to a GPU)."""
         if self._blocks[b] is None:
-            arr = self.store.unit[b]
-            with np.errstate(all="ignore"):
-                import warnings
+            import warnings
 
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # read-only mmap: we never write to it
-                    t = torch.from_numpy(arr)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a read-only memory map: we never write to it
+                t = torch.from_numpy(self.store.unit[b])
             self._blocks[b] = t.to(self.device) if self.device != "cpu" else t
         return self._blocks[b]
 
-    def similarities(self, b: int, q: torch.Tensor) -> torch.Tensor:
-        """(P,) float32 cosine similarities of the unit query ``q`` (C,) with every string."""
+    def coarse(self, b: int, q: torch.Tensor) -> torch.Tensor:
+        """(P,) float32 similarities within COARSE_MARGIN of the exact ones (one float16 pass)."""
         X = self.block(b)
-        return torch.mv(X, q.to(X.device, X.dtype)).float()
+        return torch.mv(X, q.to(X.device, torch.float16)).float()
+
+    def exact(self, b: int, rows: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Float32 similarities of the given rows."""
+        X = self.block(b)
+        return X[rows.to(X.device)].float() @ q.to(X.device, torch.float32)
+
+    def similarities(self, b: int, q: torch.Tensor) -> torch.Tensor:
+        """(P,) float32 similarities with every string (chunked float32: slow, for checks)."""
+        X = self.block(b)
+        q = q.to(X.device, torch.float32)
+        return torch.cat([X[s : s + self.chunk].float() @ q for s in range(0, X.shape[0], self.chunk)])
 
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
-        s = self.similarities(b, q)
+        c = self.coarse(b, q)
+        cand = torch.nonzero(c > thr - COARSE_MARGIN).flatten()
         if exclude is not None:
-            s[exclude] = -float("inf")
-        rows = torch.nonzero(s > thr).flatten()
-        return _order(rows, s[rows])
+            cand = cand[cand != exclude]
+        s = self.exact(b, cand, q)
+        keep = s > thr
+        return _order(cand[keep.to(cand.device)], s[keep])
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
-        s = self.similarities(b, q)
+        c = self.coarse(b, q)
         if exclude is not None:
-            s[exclude] = -float("inf")
-        return _topk_ties(s, k, exclude is not None)
+            c[exclude] = -float("inf")
+        n = int(torch.isfinite(c).sum())
+        k = min(k, n)
+        if k <= 0:
+            return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        # With |coarse - exact| <= M, every exact top-k string has coarse >= (coarse k-th) - 2M.
+        kth = c.topk(k).values[-1]
+        cand = torch.nonzero(c >= kth - 2 * COARSE_MARGIN).flatten()
+        s = self.exact(b, cand, q)
+        best = _topk_ties(s, k, False)
+        rows = cand.cpu().numpy()[best.rows]
+        o = np.lexsort((rows, -best.sims))
+        return Neighbours(rows[o].astype(np.int64), best.sims[o])
 
     # --- batches (evaluation) -----------------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,

@@ -97,5 +97,4 @@ def open_engine(ws: Workspace, backend: str = "exact", build: bool = False,
     if build and not (ws.store_dir / "manifest.json").exists():
         build_index(ws, progress=progress)
     st = open_store(ws.store_dir, ws.spec, corpus_ids=ws.ids)
-    torch.set_grad_enabled(False)
     return Engine(ws.model, ws.tok, st, make_search(st, backend, ws.device), ws.device)

@@ -106,6 +106,7 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
     train_t = torch.from_numpy(train_ids.astype(np.int64))
     val_t = torch.from_numpy(val_ids.astype(np.int64))
     opt, opt_phase, step, log, elapsed = None, -1, 0, [], 0.0
+    commit = code_commit()  # the code that started the run (a resumed run keeps its first)
 
     state_path = run_dir / STATE
     resumed_from = 0
@@ -120,6 +121,7 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
             gen.set_state(st["gen"])
             torch.set_rng_state(st["rng"])
             step, log, elapsed = st["step"], st["log"], st["elapsed"]
+            commit = st.get("commit", commit)
             resumed_from = step
         else:
             raise ValueError(f"{state_path} belongs to another preset, recipe or corpus; remove "
@@ -128,7 +130,7 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
     def save_state():
         atomic_torch_save({"identity": identity, "model": model.state_dict(), "opt": opt.state_dict(),
                            "opt_phase": opt_phase, "gen": gen.get_state(), "rng": torch.get_rng_state(),
-                           "step": step, "log": log, "elapsed": elapsed}, state_path)
+                           "step": step, "log": log, "elapsed": elapsed, "commit": commit}, state_path)
 
     def evaluate():
         tr = estimate_loss(model, train_t, recipe.batch_size, window, recipe.eval_iters, 1, device)
@@ -188,7 +190,7 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
         "wall_time_s": round(elapsed, 1),
         "machine": machine(),
         "device": device,
-        "code_commit": code_commit(),
+        "code_commit": commit,
         "params": model.num_params(),
     }
     model.eval()

@@ -73,7 +73,7 @@ def test_bad_prompts(engine, prompt, message):
         engine.query(prompt)
 
 
-@pytest.mark.parametrize("settings, message", [
+@pytest.mark.parametrize("qs, message", [
     (QuerySettings(thresholds=[0.5] * 5), "one value per block"),
     (QuerySettings(thresholds=[1.5] * 6), r"\[-1, 1\]"),
     (QuerySettings(weights=[1, 1, 1, 1, 1, float("nan")]), "finite"),
@@ -81,6 +81,6 @@ def test_bad_prompts(engine, prompt, message):
     (QuerySettings(mode="topk", k=0), "k must be"),
     (QuerySettings(mode="nearest"), "mode must be"),
 ])
-def test_bad_settings(engine, settings, message):
+def test_bad_settings(engine, qs, message):
     with pytest.raises(QueryError, match=message):
-        engine.query("the king ", settings)
+        engine.query("the king ", qs)

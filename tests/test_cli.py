@@ -73,12 +73,16 @@ def test_eval_prints_the_reference_statistics(cli):
 
 
 def test_train_runs_and_resumes(tmp_path, micro_corpus):
+    # The blog-cpu recipe, architecture shrunk, on a micro corpus: 2 steps, then resume to 3.
     args = ("train", "--preset", "blog-cpu", "--corpus", micro_corpus, "--quiet",
+            "--arch", "n_embd=48,n_head=2,block_size=64", "--recipe", "eval_iters=2",
             "--run-dir", tmp_path / "run", "--out", tmp_path / "m")
-    # The blog-cpu recipe on a micro corpus: 2 steps, then resume to 3 (never the full recipe here).
     p = ffnlens(*args, "--steps", "2", home=tmp_path, check=0)
     assert "trained blog-cpu for 2 steps" in p.stdout
     p = ffnlens(*args, "--steps", "3", home=tmp_path, check=0)
     assert "resumed at step 2" in p.stdout
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert cfg["arch"]["n_embd"] == 384 and cfg["steps"] == 3
+    assert cfg["arch"]["n_embd"] == 48 and cfg["arch"]["n_layer"] == 6 and cfg["steps"] == 3
+    assert cfg["recipe"]["batch_size"] == 8 and cfg["recipe"]["phases"][0]["until"] == 3000
+    p = ffnlens(*args[:-4], "--arch", "n_emb=3", home=tmp_path, check=2)
+    assert "unknown field 'n_emb'" in p.stderr
