@@ -24,7 +24,7 @@ $(VENV)/.ffnlens-setup: pyproject.toml
 	@if ! $(BIN)/python -c 'import torch' 2>/dev/null; then \
 	  if ! command -v nvidia-smi >/dev/null 2>&1 && \
 	     $(BIN)/python -m pip install --dry-run --quiet --report - --no-deps torch==2.13.0 2>/dev/null \
-	       | grep -q '"url": "http[^"]*torch-2.13.0-[^"+]*-linux'; then \
+	       | grep -q '"url": "https\?://[^"]*/torch-2\.13\.0-[^"%+]*linux[^"]*"'; then \
 	    echo "setup: no GPU here, and pip would fetch torch 2.13.0's CUDA build (several GB)."; \
 	    echo "setup: install the CPU build first: $(BIN)/pip install torch==2.13.0 from PyTorch's CPU wheel index, then rerun."; \
 	    exit 2; \
