@@ -1,19 +1,27 @@
 # The two commands of the README:
-#   make start   set everything up, build the default store if missing, answer a query
-#   make test    set everything up, run the test suite (what .ci/run calls)
-# Overrides: MODEL=tiny|blog-cpu|DIR  CORPUS=PATH  PROMPT='...'  FFNLENS_HOME=DIR  PYTHON=python3.11
+#   make start   set everything up, build the default store if missing, serve the explorer
+#   make test    set everything up (and a headless browser), run the test suite (what .ci/run calls)
+# Overrides: MODEL=tiny|blog-cpu|DIR  CORPUS=PATH  HOST=  PORT=  FFNLENS_HOME=DIR  PYTHON=python3.11
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= tiny
-PROMPT ?= To be, or 
+HOST ?= 127.0.0.1
+PORT ?= 8000
 CORPUS ?=
 CORPUS_ARG := $(if $(CORPUS),--corpus $(CORPUS),)
 
-.PHONY: setup start test clean-store
+.PHONY: setup browser start test clean-store
 
-setup: $(VENV)/.ffnlens-setup
+setup: $(VENV)/.ffnlens-setup static/vendor/htmx.min.js
+
+# Front-end packages come from the npm registry, pinned by package-lock.json, served from our own
+# static files (never committed, never from a CDN).
+static/vendor/htmx.min.js: package.json package-lock.json
+	@echo "setup: installing htmx from the npm registry"
+	@npm ci --no-audit --no-fund --silent
+	@mkdir -p static/vendor && cp node_modules/htmx.org/dist/htmx.min.js $@
 
 # One stamp per successful setup; it is redone when pyproject.toml changes.
 $(VENV)/.ffnlens-setup: pyproject.toml
@@ -36,10 +44,18 @@ $(VENV)/.ffnlens-setup: pyproject.toml
 	@$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
-start: setup
-	$(BIN)/ffnlens query "$$(printf '$(PROMPT)')" --model $(MODEL) $(CORPUS_ARG) --build
+# The browser test drives Debian's chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "setup: installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "setup: no chromium here (install it as root: apt-get install chromium); the browser test will say so"; fi; }
 
-test: setup
+start: setup
+	$(BIN)/ffnlens serve --model $(MODEL) $(CORPUS_ARG) --host $(HOST) --port $(PORT)
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 clean-store:

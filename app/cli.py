@@ -129,6 +129,24 @@ def cmd_eval(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args, settings: Settings) -> int:
+    import time
+
+    import uvicorn
+
+    from .web import create_app
+    from .workspace import about, open_engine
+
+    t0 = time.time()
+    ws = _workspace(args, settings)
+    engine = open_engine(ws, build=True, progress=not args.quiet)
+    app = create_app(engine, about(ws, engine))
+    print(f"ffnlens: {ws.spec.model_name} on {ws.corpus.name} ready in {time.time() - t0:.1f} s; "
+          f"serving http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="committed model name or model directory "
                    "(default: $FFNLENS_MODEL or tiny)")
@@ -208,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     _query_args(q)
     q.add_argument("--show", type=int, default=10, help="neighbours listed per block")
     q.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("serve", help="serve the web explorer (builds the store first if missing)")
+    _store_args(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve, build=True)
 
     e = sub.add_parser("eval", help="METHOD.md's reference evaluation on prompts from the pool")
     _store_args(e)

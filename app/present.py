@@ -21,16 +21,49 @@ def visible(s: str) -> str:
 
 
 def top_tokens(p: np.ndarray, chars: str, k: int = 10) -> list[dict]:
-    return [{"char": chars[i], "p": float(p[i])} for i in ranking(p)[:k] if p[i] > 0]
+    return [{"char": chars[i], "label": visible(chars[i]), "p": float(p[i])}
+            for i in ranking(p)[:k] if p[i] > 0]
+
+
+def shared_suffix(a: str, b: str) -> int:
+    """Length of the common ending of a and b (the part a neighbour shares with the prompt)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def comparison(model: np.ndarray, approx: np.ndarray, chars: str, k: int = 16) -> dict:
+    """Chart data: the k characters most likely under either distribution, and the whole
+    vocabulary in its own order; bar lengths are fractions of the largest value shown."""
+    order = list(ranking(model)[:k])
+    order += [i for i in ranking(approx)[:k] if i not in order and approx[i] > 0]
+    order = sorted(order[:k], key=lambda i: (-max(model[i], approx[i]), i))
+    top = max(float(model.max()), float(approx.max()), 1e-12)
+    bars = lambda idx: [{"char": chars[i], "label": visible(chars[i]), "model": float(model[i]),
+                         "approx": float(approx[i]), "model_frac": float(model[i]) / top,
+                         "approx_frac": float(approx[i]) / top} for i in idx]
+    return {"top": bars(order), "all": bars(range(len(chars)))}
+
+
+def neighbour_rows(store: Store, chars: str, rows: np.ndarray, sims: np.ndarray, prompt: str,
+                   self_row: int | None) -> list[dict]:
+    n = store.pool.n
+    strings = store.pool.strings(store.corpus_ids, rows) if len(rows) else np.zeros((0, n), np.int64)
+    out = []
+    for r, s, sim in zip(rows, strings, sims):
+        text = "".join(chars[t] for t in s)
+        k = shared_suffix(text, prompt)
+        out.append({"row": int(r), "text": text, "similarity": float(sim),
+                    "is_self": int(r) == self_row, "shared": k,
+                    "head": visible(text[: len(text) - k]), "tail": visible(text[len(text) - k :])})
+    return out
 
 
 def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
-    ids = store.corpus_ids
-    n = store.pool.n
     blocks = []
     for br in res.blocks:
         shown = br.neighbours.rows[: res.settings.show]
-        strings = store.pool.strings(ids, shown) if len(shown) else np.zeros((0, n), np.int64)
         tot = br.counts.sum()
         blocks.append({
             "block": br.block,
@@ -41,9 +74,8 @@ def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
             "count_total": int(tot),
             "counts": {chars[i]: int(c) for i, c in enumerate(br.counts) if c},
             "distribution": top_tokens(br.counts / tot if tot else br.counts.astype(float), chars),
-            "top": [{"row": int(r), "text": "".join(chars[t] for t in s), "similarity": float(sim),
-                     "is_self": int(r) == br.self_row}
-                    for r, s, sim in zip(shown, strings, br.neighbours.sims[: res.settings.show])],
+            "top": neighbour_rows(store, chars, shown, br.neighbours.sims[: res.settings.show],
+                                  res.prompt, br.self_row),
         })
     return {
         "prompt": res.prompt,
@@ -56,6 +88,7 @@ def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
         "approximation": {c: float(p) for c, p in zip(chars, res.approx)},
         "model_top": top_tokens(res.model_probs, chars),
         "approximation_top": top_tokens(res.approx, chars),
+        "chart": comparison(res.model_probs, res.approx, chars),
         "blocks": blocks,
         "store": {"path": str(store.path), "pool_size": store.size,
                   "defaults_rule": store.defaults.get("rule", "reference")},
@@ -111,3 +144,71 @@ def eval_text(r: dict) -> str:
              f"prompts with no neighbour in any block (unigram fallback): "
              f"{100 * r['fallback_share']:.2f}%"]
     return "\n".join(lines)
+
+
+def occurrences(store: Store, row: int) -> np.ndarray:
+    """Corpus positions where pool string ``row`` starts (within the stretch the pool covers)."""
+    if getattr(store, "_occ", None) is None:
+        order = np.argsort(store.pool.at, kind="stable")
+        bounds = np.searchsorted(store.pool.at[order], np.arange(store.size + 1))
+        store._occ = (order, bounds)
+    order, bounds = store._occ
+    return order[bounds[row] : bounds[row + 1]]
+
+
+def context(chars: str, ids: np.ndarray, pos: int, n: int, before: int = 120, after: int = 120,
+            lines: int = 2) -> dict:
+    """The string at ``pos`` with up to ``lines`` lines (and at most before/after characters)
+    around it."""
+    a, b = max(0, pos - before), min(len(ids), pos + n + after)
+    left = "".join(chars[t] for t in ids[a:pos])
+    right = "".join(chars[t] for t in ids[pos + n : b])
+    if lines is not None:
+        left = "\n".join(left.split("\n")[-lines:])
+        right = "\n".join(right.split("\n")[: lines])
+    return {"pos": int(pos), "before": left, "match": "".join(chars[t] for t in ids[pos : pos + n]),
+            "after": right}
+
+
+SORTS = ("similarity", "frequency")
+
+
+def block_dict(res: QueryResult, store: Store, chars: str, block: int, page: int = 1,
+               per_page: int = 50, sort: str = "similarity", contexts: int = 3) -> dict:
+    """One block's neighbours, paged, each with its follow-on counts and corpus contexts."""
+    br = res.blocks[block]
+    rows, sims = br.neighbours.rows, br.neighbours.sims
+    freq = store.follow_totals[rows]  # how often each neighbour occurs (with a follower)
+    if sort == "frequency":
+        o = np.lexsort((rows, -freq))
+        rows, sims, freq = rows[o], sims[o], freq[o]
+    pages = max(1, -(-len(rows) // per_page))
+    page = min(max(1, page), pages)
+    sl = slice((page - 1) * per_page, page * per_page)
+    items = neighbour_rows(store, chars, rows[sl], sims[sl], res.prompt, br.self_row)
+    for it, f in zip(items, freq[sl]):
+        r = it["row"]
+        occ = occurrences(store, r)
+        it["frequency"] = int(f)
+        it["occurrences"] = int(len(occ))
+        it["follow"] = [{"char": chars[c], "label": visible(chars[c]), "count": int(v)}
+                        for c, v in sorted(((c, v) for c, v in enumerate(store.counts.row(r)) if v),
+                                           key=lambda cv: -cv[1])]
+        it["contexts"] = [context(chars, store.corpus_ids, int(p), store.pool.n)
+                          for p in occ[:contexts]]
+    tot = br.counts.sum()
+    return {
+        "prompt": res.prompt,
+        "backend": res.backend,
+        "block": block,
+        "neighbours": len(br.neighbours),
+        "weight": br.weight,
+        "share_raw": br.share_raw,
+        "share_normalised": br.share_norm,
+        "distribution": top_tokens(br.counts / tot if tot else br.counts.astype(float), chars, 20),
+        "sort": sort,
+        "page": page,
+        "pages": pages,
+        "per_page": per_page,
+        "items": items,
+    }

@@ -207,6 +207,13 @@ class Store:
         return self.unit.shape[1]
 
     @property
+    def follow_totals(self) -> np.ndarray:
+        """(P,) occurrences of each pool string that have a following character (cached)."""
+        if getattr(self, "_totals", None) is None:
+            self._totals = self.counts.totals()
+        return self._totals
+
+    @property
     def defaults(self) -> dict:
         return self.manifest.get("defaults", {})
 

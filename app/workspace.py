@@ -98,3 +98,13 @@ def open_engine(ws: Workspace, backend: str = "exact", build: bool = False,
         build_index(ws, progress=progress)
     st = open_store(ws.store_dir, ws.spec, corpus_ids=ws.ids)
     return Engine(ws.model, ws.tok, st, make_search(st, backend, ws.device), ws.device)
+
+
+def about(ws: Workspace, engine: Engine) -> dict:
+    """What is being served, for page headers and /api/info."""
+    return {"model": ws.spec.model_name, "params": int(ws.model.num_params()),
+            "val_loss": float(ws.model_info.get("losses", {}).get("val", float("nan"))),
+            "corpus": ws.corpus.name, "corpus_sha256": ws.corpus.sha256,
+            "pool_size": engine.store.size, "n": engine.store.pool.n, "pool_mode": ws.spec.mode,
+            "n_layer": engine.store.n_layer, "backend": engine.search.name,
+            "store": str(engine.store.path), "device": ws.device}

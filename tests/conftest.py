@@ -88,3 +88,13 @@ def engine(workspace):
     from app.workspace import open_engine
 
     return open_engine(workspace, build=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def client(workspace, engine):
+    from fastapi.testclient import TestClient
+
+    from app.web import create_app
+    from app.workspace import about
+
+    return TestClient(create_app(engine, about(workspace, engine)))

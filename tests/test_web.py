@@ -1,0 +1,114 @@
+"""Every route through the real app: HTML and JSON, permalinks, bad input."""
+import html
+import re
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+ALL_SETTINGS = {"prompt": "the king ", "mode": "topk", "k": "7", "thresholds": "0.9,0.9,0.9,0.9,0.9,0.9",
+                "weights": "1,1,1,1,2,0", "blend": "normalised", "exclude_self": "1", "show": "5"}
+
+
+def test_landing_page_and_static_files(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "Type a prompt" in r.text
+    assert '<script src="/static/vendor/htmx.min.js"' in r.text and "cdn" not in r.text.lower()
+    assert client.get("/static/vendor/htmx.min.js").status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/query", "/api/blocks/{block}", "/api/corpus"}
+
+
+def test_page_and_json_show_the_same_result(client):
+    page = client.get("/", params={"prompt": "the king "})
+    api = client.get("/api/query", params={"prompt": "the king "}).json()
+    assert page.status_code == 200
+    assert f"{api['hellinger']:.3f}" in page.text
+    for b in api["blocks"]:
+        assert f"block {b['block']}" in page.text
+        assert f"{b['neighbours']:,} neighbour" in page.text
+        for t in b["top"]:
+            assert f"{t['similarity']:.4f}" in page.text
+    for bar in api["chart"]["top"]:
+        assert f"{bar['model']:.3f}" in page.text and f"{bar['approx']:.3f}" in page.text
+    assert api["backend"] == "exact" and "search: exact" in page.text
+
+
+def test_permalink_with_every_setting_reproduces_the_view(client):
+    api = client.get("/api/query", params=ALL_SETTINGS).json()
+    assert api["settings"]["mode"] == "topk" and api["settings"]["k"] == 7
+    assert api["settings"]["weights"] == [1, 1, 1, 1, 2, 0] and api["settings"]["exclude_self"]
+    assert all(b["neighbours"] == 7 and len(b["top"]) == 5 for b in api["blocks"])
+    link = api["permalink"]
+    assert parse_qs(urlparse(link).query) == {k: [v] for k, v in ALL_SETTINGS.items()}
+    again = client.get("/api" + urlparse(link).path.rstrip("/") + "/query?" + urlparse(link).query).json() \
+        if False else client.get("/api/query?" + urlparse(link).query).json()
+    assert again["hellinger"] == api["hellinger"] and again["blocks"] == api["blocks"]
+    page = client.get(link)
+    assert page.status_code == 200 and f"{api['hellinger']:.3f}" in page.text
+    assert 'value="1,1,1,1,2,0"' in page.text  # the form shows the settings
+
+
+def test_defaults_are_left_out_of_the_url(client):
+    r = client.get("/results", params={"prompt": "the king ", "mode": "threshold", "k": "200",
+                                       "blend": "raw", "thresholds": "", "weights": "", "show": "10"})
+    assert r.status_code == 200
+    assert r.headers["HX-Push-Url"] == "/?prompt=the+king+"
+
+
+def test_block_page_and_its_json_twin(client):
+    api = client.get("/api/blocks/4", params={"prompt": "the king ", "per_page": "5"}).json()
+    assert api["block"] == 4 and len(api["items"]) == min(5, api["neighbours"])
+    first = api["items"][0]
+    assert first["contexts"] and first["contexts"][0]["match"] == first["text"]
+    assert sum(f["count"] for f in first["follow"]) == first["frequency"]
+    page = client.get("/blocks/4", params={"prompt": "the king ", "per_page": "5"})
+    assert page.status_code == 200
+    for it in api["items"]:
+        assert f"{it['similarity']:.4f}" in page.text
+    by_freq = client.get("/api/blocks/4", params={"prompt": "the king ", "sort": "frequency",
+                                                   "per_page": "500"}).json()["items"]
+    assert [i["frequency"] for i in by_freq] == sorted((i["frequency"] for i in by_freq), reverse=True)
+    p2 = client.get("/api/blocks/4", params={"prompt": "the king ", "per_page": "1", "page": "2"}).json()
+    assert p2["page"] == 2 and p2["items"][0]["row"] == client.get(
+        "/api/blocks/4", params={"prompt": "the king ", "per_page": "2"}).json()["items"][1]["row"]
+    ctx = first["contexts"][0]
+    c = client.get("/api/corpus", params={"pos": ctx["pos"], "width": 50}).json()
+    assert c["match"] == first["text"] and client.get("/corpus", params={"pos": ctx["pos"]}).status_code == 200
+
+
+@pytest.mark.parametrize("params, status, message", [
+    ({"prompt": ""}, 400, "the prompt is empty"),
+    ({"prompt": "the Zing"}, 400, "not in the model&#39;s vocabulary"),
+    ({"prompt": "x" * 40}, 400, "reads at most 32"),
+    ({"prompt": "the king ", "thresholds": "1.5,0,0,0,0,0"}, 400, "[-1, 1]"),
+    ({"prompt": "the king ", "weights": "1,2"}, 400, "one value per block"),
+    ({"prompt": "the king ", "weights": "1,1,1,1,1,-1"}, 400, "zero or positive"),
+    ({"prompt": "the king ", "weights": "1,1,1,nan,1,1"}, 400, "finite"),
+    ({"prompt": "the king ", "k": "many"}, 400, "whole numbers"),
+    ({"prompt": "the king ", "mode": "topk", "k": "0"}, 400, "k must be"),
+])
+def test_bad_input_is_a_4xx_with_an_inline_message(client, params, status, message):
+    api = client.get("/api/query", params=params)
+    assert api.status_code == status
+    assert html.unescape(message) in api.json()["detail"]
+    part = client.get("/results", params=params)
+    assert part.status_code == status and 'class="error"' in part.text and message in part.text
+    if params["prompt"]:
+        page = client.get("/", params=params)
+        assert page.status_code == status and 'class="error"' in page.text and message in page.text
+        assert "<textarea" in page.text  # the form stays, with what was typed
+
+
+def test_block_out_of_range_and_bad_paging(client):
+    r = client.get("/blocks/6", params={"prompt": "the king "})
+    assert r.status_code == 404 and "blocks 0 to 5" in r.text
+    assert client.get("/api/blocks/-1", params={"prompt": "the king "}).status_code == 404
+    assert client.get("/api/blocks/1", params={"prompt": "the king ", "sort": "x"}).status_code == 400
+    assert client.get("/api/blocks/1", params={"prompt": "the king ", "per_page": "0"}).status_code == 400
+    assert client.get("/api/corpus", params={"pos": "-5"}).status_code == 400
+    assert client.get("/corpus", params={"pos": "999999999"}).status_code == 400
+
+
+def test_strings_are_escaped(client):
+    r = client.get("/", params={"prompt": "<b>the"})
+    assert r.status_code == 400 and "<b>the" not in r.text and "&lt;b&gt;the" in r.text
