@@ -3,6 +3,7 @@ resulting dict as HTML (a Jinja template) or as JSON (the same dict)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import urlencode
@@ -62,6 +63,14 @@ def create_app(engine: Engine, about: dict | None = None) -> FastAPI:
                     "Every HTML page has a JSON twin under /api taking the same parameters.",
     )
     explorer = Explorer(engine, about or {})
+
+    @app.middleware("http")
+    async def server_timing(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        response.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - t0):.1f}"
+        return response
+
     app.state.explorer = explorer
     templates = Jinja2Templates(directory=str(ROOT / "templates"))
     templates.env.filters["visible"] = visible
