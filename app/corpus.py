@@ -106,15 +106,16 @@ class Pool:
         return ids[starts[:, None] + np.arange(self.n)]
 
 
-def _window_keys(ids: np.ndarray, n: int, vocab_size: int) -> np.ndarray:
-    """One sortable key per window of n ids: an exact base-V integer when it fits, else raw bytes."""
-    windows = np.lib.stride_tricks.sliding_window_view(ids, n)
+def string_keys(strings: np.ndarray, vocab_size: int) -> np.ndarray:
+    """One sortable key per row of an (m, n) array of ids: an exact base-V integer when it fits,
+    else the row's raw bytes."""
+    n = strings.shape[1]
     if vocab_size ** n < 2 ** 63:
-        key = np.zeros(len(windows), dtype=np.int64)
+        key = np.zeros(len(strings), dtype=np.int64)
         for j in range(n):
-            key = key * vocab_size + windows[:, j].astype(np.int64)
+            key = key * vocab_size + strings[:, j].astype(np.int64)
         return key
-    w = np.ascontiguousarray(windows.astype(np.int32))
+    w = np.ascontiguousarray(strings.astype(np.int32))
     return w.view(np.dtype((np.void, 4 * n))).ravel()
 
 
@@ -128,7 +129,7 @@ def build_pool(ids: np.ndarray, n: int, vocab_size: int, mode: str = "reference"
     end = pool_end(len(ids), mode)
     if end < n:
         raise CorpusError(f"the corpus is shorter than one {n}-character string")
-    keys = _window_keys(ids[:end], n, vocab_size)
+    keys = string_keys(np.lib.stride_tricks.sliding_window_view(ids[:end], n), vocab_size)
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)

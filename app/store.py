@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from model.gpt import GPT, Trace
 
-from .corpus import Corpus, NextCounts, Pool, build_pool, next_counts
+from .corpus import NextCounts, Pool, build_pool, next_counts, string_keys
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -226,25 +226,15 @@ class Store:
         """Pool row of the n-character string ``ids``, or None when it is not in the pool."""
         if len(ids) != self.pool.n:
             return None
+        V = len(self.manifest["vocab"])
         if self._lookup is None:
-            V = len(self.manifest["vocab"])
-            strings = self.pool.strings(self.corpus_ids)
-            keys = self._keys(strings, V)
+            keys = string_keys(self.pool.strings(self.corpus_ids), V)
             order = np.argsort(keys, kind="stable")
             self._lookup = (keys[order], order)
         keys, order = self._lookup
-        k = self._keys(np.asarray(ids)[None], len(self.manifest["vocab"]))[0]
+        k = string_keys(np.asarray(ids)[None], V)[0]
         i = int(np.searchsorted(keys, k))
         return int(order[i]) if i < len(keys) and keys[i] == k else None
-
-    @staticmethod
-    def _keys(strings: np.ndarray, V: int):
-        if V ** strings.shape[1] < 2 ** 63:
-            key = np.zeros(len(strings), dtype=np.int64)
-            for j in range(strings.shape[1]):
-                key = key * V + strings[:, j].astype(np.int64)
-            return key
-        return np.array([s.tobytes() for s in strings.astype(np.int32)], dtype=object)
 
 
 def open_store(path: Path, spec: StoreSpec | None = None, corpus_ids: np.ndarray | None = None,

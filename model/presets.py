@@ -119,7 +119,7 @@ def _tiny() -> Preset:
         recipe=Recipe(
             batch_size=32,
             window=64,
-            phases=[Phase(until=2000, lr=2e-3, fresh_optimizer=True, schedule="cosine",
+            phases=[Phase(until=1600, lr=2e-3, fresh_optimizer=True, schedule="cosine",
                           min_lr=2e-4, warmup=100)],
             eval_interval=250,
             eval_iters=20,
