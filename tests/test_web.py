@@ -112,3 +112,13 @@ def test_block_out_of_range_and_bad_paging(client):
 def test_strings_are_escaped(client):
     r = client.get("/", params={"prompt": "<b>the"})
     assert r.status_code == 400 and "<b>the" not in r.text and "&lt;b&gt;the" in r.text
+
+
+def test_parameters_of_the_wrong_type_get_a_readable_4xx(client):
+    r = client.get("/blocks/abc", params={"prompt": "the king "})
+    assert r.status_code == 422 and 'class="error"' in r.text and "block" in r.text
+    r = client.get("/blocks/1", params={"prompt": "the king ", "page": "0"})
+    assert r.status_code == 422 and 'class="error"' in r.text and "page" in r.text
+    r = client.get("/api/blocks/1", params={"prompt": "the king ", "per_page": "x"})
+    assert r.status_code == 422 and "per_page" in r.json()["detail"]
+    assert client.get("/corpus").status_code == 422

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -63,6 +64,17 @@ def create_app(engine: Engine, about: dict | None = None) -> FastAPI:
                     "Every HTML page has a JSON twin under /api taking the same parameters.",
     )
     explorer = Explorer(engine, about or {})
+    templates = Jinja2Templates(directory=str(ROOT / "templates"))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError):
+        """A parameter of the wrong type: 422 with a readable message (inline on pages)."""
+        msg = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                        for e in exc.errors())
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": msg}, status_code=422)
+        return templates.TemplateResponse(request, "error.html", {"error": msg, "about": explorer.about},
+                                          status_code=422)
 
     @app.middleware("http")
     async def server_timing(request: Request, call_next):
@@ -72,7 +84,6 @@ def create_app(engine: Engine, about: dict | None = None) -> FastAPI:
         return response
 
     app.state.explorer = explorer
-    templates = Jinja2Templates(directory=str(ROOT / "templates"))
     templates.env.filters["visible"] = visible
     templates.env.globals["htmx_available"] = VENDOR.exists()
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
