@@ -125,6 +125,13 @@ class Engine:
         totals = store.counts.sum_rows(np.arange(store.size))
         self.unigram = totals / max(1, totals.sum())
 
+    def with_search(self, search) -> "Engine":
+        """The same model and store answered by another search backend."""
+        other = Engine.__new__(Engine)
+        other.__dict__.update(self.__dict__)
+        other.search = search
+        return other
+
     def encode(self, prompt: str) -> np.ndarray:
         if not prompt:
             raise QueryError("the prompt is empty: type at least one character")

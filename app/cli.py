@@ -65,6 +65,13 @@ def cmd_index(args, settings: Settings) -> int:
     if (ws.store_dir / "manifest.json").exists() and not args.force:
         try:
             st = open_store(ws.store_dir, ws.spec)
+            if "bound" not in st.manifest:
+                from .bound import DEFAULT_RANK, add_bound
+                from .store import seal_bound
+
+                add_bound(ws.store_dir, DEFAULT_RANK, progress=not args.quiet)
+                seal_bound(ws.store_dir, DEFAULT_RANK)
+                print(f"added the bound index (rank {DEFAULT_RANK}) to {ws.store_dir}")
             print(f"store already built: {ws.store_dir} ({st.size:,} strings); --force rebuilds it")
             return 0
         except StoreError as e:
@@ -101,7 +108,8 @@ def _engine(args, settings: Settings):
     from .workspace import open_engine
 
     ws = _workspace(args, settings)
-    return open_engine(ws, build=args.build, progress=not args.quiet)
+    return open_engine(ws, backend="exact" if args.exact else "auto", build=args.build,
+                       progress=not args.quiet)
 
 
 def cmd_query(args, settings: Settings) -> int:
@@ -174,6 +182,8 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-self", action="store_true",
                    help="leave out the pool string equal to the prompt")
     p.add_argument("--build", action="store_true", help="build the store first if it is missing")
+    p.add_argument("--exact", action="store_true",
+                   help="full scan instead of the bound index (the answers are the same)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -76,15 +76,18 @@ class ExactSearch:
         return torch.mv(X, q.to(X.device, torch.float16)).float()
 
     def exact(self, b: int, rows: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Float32 similarities of the given rows."""
+        """Float32 similarities of the given rows. An elementwise product summed along each row
+        rounds the same way whichever rows are asked for (a matrix-vector product's blocking can
+        depend on the number of rows), so every backend gets bit-identical values."""
         X = self.block(b)
-        return X[rows.to(X.device)].float() @ q.to(X.device, torch.float32)
+        return (X[rows.to(X.device)].float() * q.to(X.device, torch.float32)).sum(dim=1)
 
     def similarities(self, b: int, q: torch.Tensor) -> torch.Tensor:
         """(P,) float32 similarities with every string (chunked float32: slow, for checks)."""
         X = self.block(b)
         q = q.to(X.device, torch.float32)
-        return torch.cat([X[s : s + self.chunk].float() @ q for s in range(0, X.shape[0], self.chunk)])
+        return torch.cat([(X[s : s + self.chunk].float() * q).sum(dim=1)
+                          for s in range(0, X.shape[0], self.chunk)])
 
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
         c = self.coarse(b, q)
@@ -174,7 +177,16 @@ def _topk_ties(s: torch.Tensor, k: int, has_excluded: bool) -> Neighbours:
     return _order(rows, s[rows])
 
 
-def make_search(store: Store, backend: str = "exact", device: str = "cpu"):
-    if backend == "exact":
+BACKENDS = ("auto", "bound", "exact")
+
+
+def make_search(store: Store, backend: str = "auto", device: str = "cpu"):
+    """"bound" (exact answers from a pruned scan), "exact" (full scan), or "auto": bound when the
+    store has its index, else exact."""
+    if backend == "exact" or (backend == "auto" and "bound" not in store.manifest):
         return ExactSearch(store, device)
-    raise ValueError(f"unknown search backend {backend!r}; available: exact")
+    if backend in ("bound", "auto"):
+        from .bound import open_bound
+
+        return open_bound(store, device)
+    raise ValueError(f"unknown search backend {backend!r}; choose one of {', '.join(BACKENDS)}")

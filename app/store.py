@@ -37,6 +37,8 @@ MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 BIG = ("ffn_unit.npy", "ffn_norm.npy")
 SMALL = ("pool_starts.npy", "pool_at.npy", "counts_indptr.npy", "counts_chars.npy", "counts_n.npy")
+BOUND_BIG = ("bound_proj.npy", "bound_resid.npy")  # optional: the bound index (app/bound.py)
+BOUND_SMALL = ("bound_basis.npy",)
 
 
 class StoreError(ValueError):
@@ -147,18 +149,47 @@ def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, dev
     return part
 
 
+def unit_fingerprint(unit: np.ndarray, samples: int = 1024) -> str:
+    """sha256 of evenly spaced rows of every block: ties derived indexes to these vectors."""
+    L, P, _ = unit.shape
+    rows = np.unique(np.linspace(0, P - 1, min(samples, P)).astype(np.int64))
+    h = hashlib.sha256()
+    for b in range(L):
+        h.update(np.ascontiguousarray(unit[b, rows]).tobytes())
+    return h.hexdigest()
+
+
+def file_entries(path: Path, names) -> dict:
+    """Sizes of the named files, and hashes of the small ones."""
+    out = {}
+    for name in names:
+        p = path / name
+        out[name] = {"bytes": p.stat().st_size}
+        if name in SMALL + BOUND_SMALL:
+            out[name]["sha256"] = _sha256(p)
+    return out
+
+
+def seal_bound(path: Path, rank: int) -> None:
+    """Record the bound index files of the store at ``path`` in its manifest (atomically)."""
+    mpath = path / MANIFEST
+    manifest = json.loads(mpath.read_text())
+    unit = np.load(path / "ffn_unit.npy", mmap_mode="r")
+    manifest.setdefault("unit_fingerprint", unit_fingerprint(unit))
+    manifest["files"].update(file_entries(path, BOUND_SMALL + BOUND_BIG))
+    manifest["bound"] = {"rank": rank, "unit_fingerprint": unit_fingerprint(unit)}
+    _write_json(mpath, manifest)
+
+
 def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: dict) -> Path:
     """Hash the files, write the manifest, and move ``part`` into place atomically."""
     prog = json.loads((part / PROGRESS).read_text())
     P = len(np.load(part / "pool_starts.npy", mmap_mode="r"))
     if prog["done"] != P:
         raise StoreError(f"{part} is incomplete ({prog['done']} of {P} strings)")
-    files = {}
-    for name in SMALL + BIG:
-        p = part / name
-        files[name] = {"bytes": p.stat().st_size}
-        if name in SMALL:
-            files[name]["sha256"] = _sha256(p)
+    bound = BOUND_SMALL + BOUND_BIG if (part / "bound_proj.npy").exists() else ()
+    files = file_entries(part, SMALL + BIG + bound)
+    unit = np.load(part / "ffn_unit.npy", mmap_mode="r")
     manifest = {
         "format": FORMAT,
         "complete": True,
@@ -170,9 +201,12 @@ def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: di
         "n_embd": model_cfg["n_embd"],
         "vocab": vocab,
         "build_seconds": round(prog["seconds"], 1),
+        "unit_fingerprint": unit_fingerprint(unit),
         "files": files,
         **extra,
     }
+    if bound:
+        manifest["bound"] = {**extra.get("bound", {}), "unit_fingerprint": manifest["unit_fingerprint"]}
     _write_json(part / MANIFEST, manifest)
     (part / PROGRESS).unlink()
     final = part.with_name(part.name[: -len(".partial")])
@@ -284,6 +318,9 @@ def open_store(path: Path, spec: StoreSpec | None = None, corpus_ids: np.ndarray
     L, P, C = manifest["n_layer"], manifest["pool_size"], manifest["n_embd"]
     if unit.shape != (L, P, C) or norm.shape != (L, P) or len(starts) != P:
         raise StoreError(f"{path}: array shapes do not match the manifest; {rebuild}")
+    if verify_hashes and "unit_fingerprint" in manifest and unit_fingerprint(unit) != manifest["unit_fingerprint"]:
+        raise StoreError(f"{path / 'ffn_unit.npy'} does not match its fingerprint in the manifest: "
+                         f"the vectors were changed or corrupted; {rebuild}")
     pool = Pool(n=manifest["n"], mode=manifest["mode"], starts=starts, at=at)
     return Store(path=path, manifest=manifest, unit=unit, norm=norm, pool=pool, counts=counts,
                  corpus_ids=corpus_ids)

@@ -16,6 +16,7 @@ from model.tokenizer import UnknownCharacters
 from model.train import resolve_device
 
 from .approx import Engine
+from .bound import DEFAULT_RANK, add_bound
 from .corpus import DEFAULT_CORPUS, Corpus, CorpusError, load_corpus
 from .evaluate import calibrate_thresholds
 from .search import make_search
@@ -72,7 +73,9 @@ def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
     st = _open_partial(part, ws)
     engine = Engine(ws.model, ws.tok, st, make_search(st, "exact", ws.device), ws.device)
     defaults = calibrate_thresholds(engine, n_prompts=calibration_prompts, progress=progress)
-    return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, {"defaults": defaults})
+    add_bound(part, rank=DEFAULT_RANK, progress=progress)
+    return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars,
+                    {"defaults": defaults, "bound": {"rank": DEFAULT_RANK}})
 
 
 def _open_partial(part: Path, ws: Workspace):
@@ -91,7 +94,7 @@ def _open_partial(part: Path, ws: Workspace):
                  corpus_ids=ws.ids)
 
 
-def open_engine(ws: Workspace, backend: str = "exact", build: bool = False,
+def open_engine(ws: Workspace, backend: str = "auto", build: bool = False,
                 progress: bool = True) -> Engine:
     """The engine over the workspace's store; builds the store first when ``build`` and missing."""
     if build and not (ws.store_dir / "manifest.json").exists():

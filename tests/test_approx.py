@@ -50,7 +50,7 @@ def test_query_matches_a_hand_blend(engine):
     assert res.approx == pytest.approx(want)
     assert res.model_probs.sum() == pytest.approx(1.0)
     assert res.hellinger == pytest.approx(float(hellinger(res.model_probs, want)))
-    assert res.backend == "exact"
+    assert res.backend == "bound"
     assert all(b.n == 5 for b in res.blocks)
 
 

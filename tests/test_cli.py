@@ -28,9 +28,10 @@ def cli(engine, micro_model_dir, micro_corpus, home):
 
 def test_query_text_and_json(cli):
     out = cli("query", "the king ", "--quiet", check=0).stdout
-    assert "block 5" in out and "Hellinger distance" in out and "backend exact" in out
+    assert "block 5" in out and "Hellinger distance" in out and "backend bound" in out
+    assert "backend exact" in cli("query", "the king ", "--quiet", "--exact", check=0).stdout
     d = json.loads(cli("query", "the king ", "--json", "--mode", "topk", "--k", "4", check=0).stdout)
-    assert d["backend"] == "exact" and len(d["blocks"]) == 6
+    assert d["backend"] == "bound" and len(d["blocks"]) == 6
     assert all(b["neighbours"] == 4 for b in d["blocks"])
     assert abs(sum(d["approximation"].values()) - 1) < 1e-9 and 0 <= d["hellinger"] <= 1
 

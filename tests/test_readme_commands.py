@@ -53,7 +53,7 @@ def test_make_start_sets_up_builds_and_serves(micro_model_dir, micro_corpus, tmp
         log.seek(0)
         out = log.read()
         assert body is not None, out
-        assert body["backend"] == "exact" and len(body["blocks"]) == 6
+        assert body["backend"] == "bound" and len(body["blocks"]) == 6
         assert "store micro" in out and f"serving http://127.0.0.1:{port}" in out
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert "ffnlens" in r.read().decode()

@@ -20,10 +20,14 @@ def check_threshold(got_rows, sims, thr, exclude=None):
     assert must <= got <= may
 
 
+@pytest.mark.parametrize("backend", ["exact", "bound"])
 @pytest.mark.parametrize("b", range(6))
-def test_threshold_and_topk_equal_brute_force(engine, b):
+def test_threshold_and_topk_equal_brute_force(engine, b, backend):
+    from app.search import make_search
+
     store = engine.store
-    search = engine.search
+    search = make_search(store, backend)
+    assert search.name == backend
     rng = np.random.default_rng(b)
     for row in rng.choice(store.size, 5, replace=False):
         q = unit(torch.from_numpy(store.ffn(b, [row])[0]))

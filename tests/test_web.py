@@ -30,7 +30,10 @@ def test_page_and_json_show_the_same_result(client):
             assert f"{t['similarity']:.4f}" in page.text
     for bar in api["chart"]["top"]:
         assert f"{bar['model']:.3f}" in page.text and f"{bar['approx']:.3f}" in page.text
-    assert api["backend"] == "exact" and "search: exact" in page.text
+    assert api["backend"] == "bound" and "search: bound" in page.text
+    full = client.get("/api/query", params={"prompt": "the king ", "exact": "1"}).json()
+    assert full["backend"] == "exact" and "exact=1" in full["permalink"]
+    assert full["blocks"] == api["blocks"] and full["hellinger"] == api["hellinger"]
 
 
 def test_permalink_with_every_setting_reproduces_the_view(client):

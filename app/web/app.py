@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from .. import __version__
 from ..approx import Engine, QueryError, QueryResult
+from ..search import ExactSearch
 from ..present import SORTS, block_dict, context, query_dict, visible
 from .params import ViewParams, parse, raw_params
 
@@ -28,17 +29,20 @@ class Explorer:
 
     def __init__(self, engine: Engine, about: dict, cache_size: int = 64):
         self.engine, self.about = engine, about
+        # exact=1 in a URL: the full scan over the same store (a check on the default backend).
+        self.full_scan = (engine if engine.search.name == "exact" else
+                          engine.with_search(ExactSearch(engine.store, engine.device)))
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.cache_size = cache_size
 
     def query(self, vp: ViewParams) -> QueryResult:
-        key = (vp.prompt, repr(vp.settings))
+        key = (vp.prompt, repr(vp.settings), vp.exact)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        res = self.engine.query(vp.prompt, vp.settings)
+        res = (self.full_scan if vp.exact else self.engine).query(vp.prompt, vp.settings)
         with self._lock:
             self._cache[key] = res
             while len(self._cache) > self.cache_size:

@@ -17,6 +17,7 @@ MAX_PROMPT = 1000  # characters accepted in a URL before the model's own context
 class ViewParams:
     prompt: str
     settings: QuerySettings  # thresholds/weights None: the store's defaults
+    exact: bool  # full scan instead of the default backend
     raw: dict  # the non-default parameters as given, for links and forms
 
     def query_string(self, **extra) -> str:
@@ -45,10 +46,12 @@ def raw_params(
     blend: str = Query("raw", description="'raw' (weight x summed counts) or 'normalised'"),
     exclude_self: str = Query("", description="1 to leave out the pool string equal to the prompt"),
     show: str = Query("10", description="neighbours listed per block panel"),
+    exact: str = Query("", description="1 to answer with the full scan instead of the bound index "
+                       "(the answers are identical; this checks it)"),
 ) -> dict:
     """The shared query parameters as given (FastAPI documents them from this signature)."""
     return {"prompt": prompt, "mode": mode, "thresholds": thresholds, "k": k, "weights": weights,
-            "blend": blend, "exclude_self": exclude_self, "show": show}
+            "blend": blend, "exclude_self": exclude_self, "show": show, "exact": exact}
 
 
 def parse(p: dict) -> ViewParams:
@@ -88,6 +91,9 @@ def parse(p: dict) -> ViewParams:
     ex = exclude_self.lower() in ("1", "true", "on", "yes")
     if ex:
         raw["exclude_self"] = "1"
+    full = p.get("exact", "").lower() in ("1", "true", "on", "yes")
+    if full:
+        raw["exact"] = "1"
     qs = QuerySettings(mode=mode, thresholds=ths, k=kk, weights=ws, blend=blend,
                        exclude_self=ex, show=n_show)
-    return ViewParams(prompt=prompt, settings=qs, raw=raw)
+    return ViewParams(prompt=prompt, settings=qs, exact=full, raw=raw)

@@ -1,0 +1,117 @@
+"""The bound backend returns exactly what the full float32 scan returns, on any store."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from app.bound import BoundSearch, fit_basis, project
+from app.search import ExactSearch
+from app.store import Store
+
+
+def make_store(unit: np.ndarray) -> Store:
+    """An in-memory store of unit vectors (L, P, C): all the search backends read."""
+    L, P, C = unit.shape
+    return Store(path=Path("/in-memory"), manifest={"vocab": "ab"}, unit=unit.astype(np.float16),
+                 norm=np.ones((L, P), np.float32), pool=None, counts=None)
+
+
+def bound_for(store: Store, k: int) -> BoundSearch:
+    L, P, C = store.unit.shape
+    basis = np.stack([fit_basis(store.unit[b], k) for b in range(L)])
+    proj, resid = zip(*(project(store.unit[b], basis[b]) for b in range(L)))
+    return BoundSearch(store, basis, np.stack(proj), np.stack(resid))
+
+
+def unit_rows(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-30)
+
+
+def same(a, b):
+    assert a.rows.tolist() == b.rows.tolist()
+    assert np.array_equal(a.sims, b.sims)
+
+
+def check_all(store, k_rank, queries, thresholds, ks):
+    full, bound = ExactSearch(store), bound_for(store, k_rank)
+    for b in range(store.n_layer):
+        for q in queries:
+            q = torch.from_numpy(unit_rows(q.astype(np.float32)))
+            for thr in thresholds:
+                same(full.threshold(b, q, thr), bound.threshold(b, q, thr))
+                same(full.threshold(b, q, thr, exclude=0), bound.threshold(b, q, thr, exclude=0))
+            for k in ks:
+                same(full.topk(b, q, k), bound.topk(b, q, k))
+                same(full.topk(b, q, k, exclude=3), bound.topk(b, q, k, exclude=3))
+
+
+def test_low_rank_store_with_noise():
+    rng = np.random.default_rng(0)
+    L, P, C, r = 2, 3000, 48, 6
+    basis = rng.normal(size=(r, C))
+    x = rng.normal(size=(L, P, r)) @ basis + 0.05 * rng.normal(size=(L, P, C))
+    store = make_store(unit_rows(x))
+    queries = [store.unit[0, i].astype(np.float32) + 0.01 * rng.normal(size=C) for i in (0, 7, 99)]
+    check_all(store, 8, queries, [0.999, 0.99, 0.9, 0.5, 0.0, -1.0, 1.0], [1, 5, 200, P + 5])
+
+
+def test_large_residuals_many_ties_and_duplicates():
+    rng = np.random.default_rng(1)
+    L, P, C = 1, 2000, 32
+    x = rng.normal(size=(L, P, C))  # full rank: the projection explains little
+    x[0, 100:400] = x[0, 5]  # 300 identical rows: exact ties everywhere
+    x[0, 400:410] = -x[0, 5]
+    store = make_store(unit_rows(x))
+    q = store.unit[0, 5].astype(np.float32)
+    check_all(store, 4, [q, -q, rng.normal(size=C)], [0.999, 0.5, 0.0, -0.5, -1.0, 1.0],
+              [1, 2, 150, 299, 300, 301, 1999, 2000, 5000])
+
+
+def test_bound_is_an_upper_bound_within_the_margin():
+    from app.bound import BOUND_MARGIN
+
+    rng = np.random.default_rng(2)
+    store = make_store(unit_rows(rng.normal(size=(1, 5000, 64))))
+    bound = bound_for(store, 16)
+    full = ExactSearch(store)
+    for _ in range(5):
+        q = torch.from_numpy(unit_rows(rng.normal(size=64).astype(np.float32)))
+        exact = full.similarities(0, q)
+        assert bool((exact <= bound.bounds(0, q) + BOUND_MARGIN).all())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(P=st.integers(1, 300), C=st.integers(2, 24), rank=st.integers(1, 24), seed=st.integers(0, 10**6),
+       thr=st.floats(-1, 1), k=st.integers(1, 400), dup=st.booleans())
+def test_hypothesis_equal_to_the_full_scan(P, C, rank, seed, thr, k, dup):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(1, P, C))
+    if dup and P > 3:
+        x[0, : P // 2] = x[0, 0]
+    store = make_store(unit_rows(x))
+    q = store.unit[0, rng.integers(P)].astype(np.float32) + rng.normal(size=C) * rng.choice([0, 0.1, 1])
+    full, bound = ExactSearch(store), bound_for(store, min(rank, C))
+    qt = torch.from_numpy(unit_rows(q.astype(np.float32)))
+    same(full.threshold(0, qt, thr), bound.threshold(0, qt, thr))
+    same(full.topk(0, qt, k), bound.topk(0, qt, k))
+    same(full.topk(0, qt, k, exclude=0), bound.topk(0, qt, k, exclude=0))
+
+
+def test_a_bound_fitted_to_other_vectors_is_refused(engine, tmp_path):
+    import json
+    import shutil
+
+    from app.store import StoreError, open_store
+    from app.search import make_search
+
+    dst = tmp_path / "s"
+    shutil.copytree(engine.store.path, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["bound"]["unit_fingerprint"] = "0" * 64
+    (dst / "manifest.json").write_text(json.dumps(m))
+    st_ = open_store(dst, corpus_ids=engine.store.corpus_ids)
+    with pytest.raises(StoreError, match="fitted to other vectors"):
+        make_search(st_, "bound")
+    assert make_search(st_, "exact").name == "exact"
