@@ -65,8 +65,14 @@ def cmd_index(args, settings: Settings) -> int:
     if (ws.store_dir / "manifest.json").exists() and not args.force:
         try:
             st = open_store(ws.store_dir, ws.spec)
-            if "bound" not in st.manifest:
-                from .bound import DEFAULT_RANK, add_bound
+            from .bound import DEFAULT_RANK, add_bound, open_bound
+
+            try:
+                open_bound(st)
+                has_bound = True
+            except StoreError:
+                has_bound = False
+            if not has_bound:
                 from .store import seal_bound
 
                 add_bound(ws.store_dir, DEFAULT_RANK, progress=not args.quiet)
