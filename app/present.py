@@ -146,16 +146,6 @@ def eval_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-def occurrences(store: Store, row: int) -> np.ndarray:
-    """Corpus positions where pool string ``row`` starts (within the stretch the pool covers)."""
-    if getattr(store, "_occ", None) is None:
-        order = np.argsort(store.pool.at, kind="stable")
-        bounds = np.searchsorted(store.pool.at[order], np.arange(store.size + 1))
-        store._occ = (order, bounds)
-    order, bounds = store._occ
-    return order[bounds[row] : bounds[row + 1]]
-
-
 def context(chars: str, ids: np.ndarray, pos: int, n: int, before: int = 120, after: int = 120,
             lines: int = 2) -> dict:
     """The string at ``pos`` with up to ``lines`` lines (and at most before/after characters)
@@ -188,7 +178,7 @@ def block_dict(res: QueryResult, store: Store, chars: str, block: int, page: int
     items = neighbour_rows(store, chars, rows[sl], sims[sl], res.prompt, br.self_row)
     for it, f in zip(items, freq[sl]):
         r = it["row"]
-        occ = occurrences(store, r)
+        occ = store.occurrences(r)
         it["frequency"] = int(f)
         it["occurrences"] = int(len(occ))
         it["follow"] = [{"char": chars[c], "label": visible(chars[c]), "count": int(v)}

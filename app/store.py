@@ -247,6 +247,14 @@ class Store:
             self._totals = self.counts.totals()
         return self._totals
 
+    def occurrences(self, row: int) -> np.ndarray:
+        """Corpus positions where pool string ``row`` starts (inverted index built on first use)."""
+        if getattr(self, "_occ", None) is None:
+            order = np.argsort(self.pool.at, kind="stable")
+            self._occ = (order, np.searchsorted(self.pool.at[order], np.arange(self.size + 1)))
+        order, bounds = self._occ
+        return order[bounds[row] : bounds[row + 1]]
+
     @property
     def defaults(self) -> dict:
         return self.manifest.get("defaults", {})
@@ -306,21 +314,27 @@ def open_store(path: Path, spec: StoreSpec | None = None, corpus_ids: np.ndarray
         if verify_hashes and "sha256" in meta and _sha256(p) != meta["sha256"]:
             raise StoreError(f"{p} does not match its hash in the manifest; {rebuild}")
     try:
-        unit = np.load(path / "ffn_unit.npy", mmap_mode="r")
-        norm = np.load(path / "ffn_norm.npy", mmap_mode="r")
-        starts = np.load(path / "pool_starts.npy")
-        at = np.load(path / "pool_at.npy")
-        counts = NextCounts(np.load(path / "counts_indptr.npy"),
-                            np.load(path / "counts_chars.npy").astype(np.int32),
-                            np.load(path / "counts_n.npy"), len(manifest["vocab"]))
+        store = load_arrays(path, manifest, corpus_ids)
     except (ValueError, OSError) as e:
         raise StoreError(f"{path} cannot be read ({e}); {rebuild}") from e
     L, P, C = manifest["n_layer"], manifest["pool_size"], manifest["n_embd"]
-    if unit.shape != (L, P, C) or norm.shape != (L, P) or len(starts) != P:
+    if store.unit.shape != (L, P, C) or store.norm.shape != (L, P) or len(store.pool.starts) != P:
         raise StoreError(f"{path}: array shapes do not match the manifest; {rebuild}")
-    if verify_hashes and "unit_fingerprint" in manifest and unit_fingerprint(unit) != manifest["unit_fingerprint"]:
+    if verify_hashes and "unit_fingerprint" in manifest and \
+            unit_fingerprint(store.unit) != manifest["unit_fingerprint"]:
         raise StoreError(f"{path / 'ffn_unit.npy'} does not match its fingerprint in the manifest: "
                          f"the vectors were changed or corrupted; {rebuild}")
-    pool = Pool(n=manifest["n"], mode=manifest["mode"], starts=starts, at=at)
-    return Store(path=path, manifest=manifest, unit=unit, norm=norm, pool=pool, counts=counts,
+    return store
+
+
+def load_arrays(path: Path, manifest: dict, corpus_ids: np.ndarray | None) -> Store:
+    """A Store over the arrays in ``path`` (large ones memory-mapped), without any checks;
+    ``manifest`` needs at least vocab, n and mode."""
+    counts = NextCounts(np.load(path / "counts_indptr.npy"),
+                        np.load(path / "counts_chars.npy").astype(np.int32),
+                        np.load(path / "counts_n.npy"), len(manifest["vocab"]))
+    pool = Pool(n=manifest["n"], mode=manifest["mode"], starts=np.load(path / "pool_starts.npy"),
+                at=np.load(path / "pool_at.npy"))
+    return Store(path=path, manifest=manifest, unit=np.load(path / "ffn_unit.npy", mmap_mode="r"),
+                 norm=np.load(path / "ffn_norm.npy", mmap_mode="r"), pool=pool, counts=counts,
                  corpus_ids=corpus_ids)

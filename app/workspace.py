@@ -80,18 +80,9 @@ def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
 
 def _open_partial(part: Path, ws: Workspace):
     """A Store over a finished-but-unsealed build directory (for calibration before sealing)."""
-    from .corpus import NextCounts, Pool
-    from .store import Store
+    from .store import load_arrays
 
-    manifest = {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode}
-    counts = NextCounts(np.load(part / "counts_indptr.npy"),
-                        np.load(part / "counts_chars.npy").astype(np.int32),
-                        np.load(part / "counts_n.npy"), len(ws.tok))
-    pool = Pool(n=ws.spec.n, mode=ws.spec.mode, starts=np.load(part / "pool_starts.npy"),
-                at=np.load(part / "pool_at.npy"))
-    return Store(path=part, manifest=manifest, unit=np.load(part / "ffn_unit.npy", mmap_mode="r"),
-                 norm=np.load(part / "ffn_norm.npy", mmap_mode="r"), pool=pool, counts=counts,
-                 corpus_ids=ws.ids)
+    return load_arrays(part, {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode}, ws.ids)
 
 
 def open_engine(ws: Workspace, backend: str = "auto", build: bool = False,

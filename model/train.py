@@ -149,7 +149,6 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
         if opt is None or (phase_idx != opt_phase and phase.fresh_optimizer):
             opt = torch.optim.AdamW(model.parameters(), lr=phase.lr, betas=recipe.betas,
                                     weight_decay=recipe.weight_decay)
-            opt_phase = phase_idx
         opt_phase = phase_idx
         for g in opt.param_groups:
             g["lr"] = recipe.lr_at(step)
