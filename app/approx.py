@@ -145,12 +145,14 @@ class Engine:
 
     @torch.inference_mode()
     def forward(self, ids: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """Model softmax (V,) float64 and FFN outputs (L, C) at the last position."""
-        idx = torch.from_numpy(ids.astype(np.int64))[None].to(self.device)
+        """ids (T,) or (B, T) -> the model's softmax (V,) or (B, V) float64, and every block's FFN
+        output at the last position, (L, C) or (L, B, C)."""
+        idx = torch.from_numpy(np.atleast_2d(ids).astype(np.int64)).to(self.device)
         trace = Trace(last_position=True)
         logits, _ = self.model(idx, trace=trace, last_only=True)
-        probs = torch.softmax(logits[0, -1].double(), -1).cpu().numpy()
-        return probs, torch.stack([f[0, -1].float() for f in trace.ffn])
+        probs = torch.softmax(logits[:, -1].double(), -1).cpu().numpy()
+        ffn = torch.stack([f[:, -1].float() for f in trace.ffn])
+        return (probs[0], ffn[:, 0]) if ids.ndim == 1 else (probs, ffn)
 
     def query(self, prompt: str, settings: QuerySettings | None = None) -> QueryResult:
         s = (settings or QuerySettings()).resolved(self.store)

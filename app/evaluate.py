@@ -47,7 +47,7 @@ def calibrate_thresholds(engine: Engine, n_prompts: int = 256, seed: int = 7,
                dynamic_ncols=True)
     for s in range(0, len(rows), batch_size):
         r = rows[s : s + batch_size]
-        _, ffn = _forward(engine, store.pool.strings(store.corpus_ids, r))
+        _, ffn = engine.forward(store.pool.strings(store.corpus_ids, r))
         for b in range(store.n_layer):
             k = min(targets[b] + 1, store.size)
             qi, _, sims = engine.search.batch_topk(b, unit(ffn[b]), k)
@@ -68,18 +68,6 @@ def calibrate_thresholds(engine: Engine, n_prompts: int = 256, seed: int = 7,
     }
 
 
-@torch.inference_mode()
-def _forward(engine: Engine, ids: np.ndarray):
-    """Batch of (B, T) ids -> model softmax (B, V) float64 and FFN outputs (L, B, C)."""
-    from model.gpt import Trace
-
-    idx = torch.from_numpy(ids.astype(np.int64)).to(engine.device)
-    trace = Trace(last_position=True)
-    logits, _ = engine.model(idx, trace=trace, last_only=True)
-    probs = torch.softmax(logits[:, -1].double(), -1).cpu().numpy()
-    return probs, torch.stack([f[:, -1].float() for f in trace.ffn])
-
-
 def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = None,
              batch_size: int = 256, progress: bool = True) -> dict:
     """Approximation against the model on the pool strings ``rows`` run as prompts."""
@@ -95,7 +83,7 @@ def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = 
     for start in range(0, len(rows), batch_size):
         r = rows[start : start + batch_size]
         B = len(r)
-        probs, ffn = _forward(engine, store.pool.strings(store.corpus_ids, r))
+        probs, ffn = engine.forward(store.pool.strings(store.corpus_ids, r))
         exclude = torch.from_numpy(r) if s.exclude_self else None
         counts = np.zeros((B, L, V), dtype=np.float64)
         for b in range(L):
