@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .search import ExactSearch, Neighbours, _order, _topk_ties
+from .search import ExactSearch, Neighbours, _topk_ties
 from .store import Store
 
 BOUND_MARGIN = 1e-4
@@ -88,17 +88,11 @@ class BoundSearch(ExactSearch):
     def _candidates(self, b: int, q: torch.Tensor, thr: float) -> torch.Tensor:
         ub = self.bounds(b, q)
         if ub.device.type == "cpu":  # numpy's flatnonzero is several times faster than torch's here
-            return torch.from_numpy(np.flatnonzero(ub.numpy() > np.float32(thr - BOUND_MARGIN)))
-        return torch.nonzero(ub > thr - BOUND_MARGIN).flatten()
-
-    def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
-        cand = self._candidates(b, q, thr)
-        if exclude is not None:
-            cand = cand[cand != exclude]
+            cand = torch.from_numpy(np.flatnonzero(ub.numpy() > np.float32(thr - BOUND_MARGIN)))
+        else:
+            cand = torch.nonzero(ub > thr - BOUND_MARGIN).flatten()
         self.last_candidates[b] = len(cand)
-        s = self.exact(b, cand, q)
-        keep = s > thr
-        return _order(cand[keep.to(cand.device)], s[keep])
+        return cand
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         ub = self.bounds(b, q)

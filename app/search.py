@@ -89,9 +89,12 @@ class ExactSearch:
         return torch.cat([(X[s : s + self.chunk].float() * q).sum(dim=1)
                           for s in range(0, X.shape[0], self.chunk)])
 
+    def _candidates(self, b: int, q: torch.Tensor, thr: float) -> torch.Tensor:
+        """Rows that may have similarity > thr: a superset, decided exactly by ``threshold``."""
+        return torch.nonzero(self.coarse(b, q) > thr - COARSE_MARGIN).flatten()
+
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
-        c = self.coarse(b, q)
-        cand = torch.nonzero(c > thr - COARSE_MARGIN).flatten()
+        cand = self._candidates(b, q, thr)
         if exclude is not None:
             cand = cand[cand != exclude]
         s = self.exact(b, cand, q)
