@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .search import ExactSearch, Neighbours, _topk_ties
+from .search import _EMPTY, ExactSearch, Neighbours, _best_of, _clamp_topk
 from .store import Store
 
 BOUND_MARGIN = 1e-4
@@ -96,12 +96,9 @@ class BoundSearch(ExactSearch):
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         ub = self.bounds(b, q)
-        if exclude is not None:
-            ub[exclude] = -float("inf")
-        n = int(torch.isfinite(ub).sum())
-        k = min(k, n)
+        n, k = _clamp_topk(ub, k, exclude)
         if k <= 0:
-            return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32))
+            return _EMPTY()
         m = min(n, max(2 * k, k + 64))
         while True:
             top = ub.topk(min(n, m + 1))
@@ -114,12 +111,7 @@ class BoundSearch(ExactSearch):
                 break
             m = min(n, 4 * m)
         self.last_candidates[b] = len(cand)
-        order = torch.argsort(cand)  # ties at rank k go to the lower row, as in the full scan
-        cand, s = cand[order], s[order]
-        best = _topk_ties(s, k, False)
-        rows = cand.cpu().numpy()[best.rows]
-        o = np.lexsort((rows, -best.sims))
-        return Neighbours(rows[o].astype(np.int64), best.sims[o])
+        return _best_of(cand, s, k)
 
 
 def add_bound(path, rank: int = DEFAULT_RANK, progress: bool = True) -> None:

@@ -103,20 +103,13 @@ class ExactSearch:
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         c = self.coarse(b, q)
-        if exclude is not None:
-            c[exclude] = -float("inf")
-        n = int(torch.isfinite(c).sum())
-        k = min(k, n)
+        n, k = _clamp_topk(c, k, exclude)
         if k <= 0:
-            return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32))
+            return _EMPTY()
         # With |coarse - exact| <= M, every exact top-k string has coarse >= (coarse k-th) - 2M.
         kth = c.topk(k).values[-1]
         cand = torch.nonzero(c >= kth - 2 * COARSE_MARGIN).flatten()
-        s = self.exact(b, cand, q)
-        best = _topk_ties(s, k, False)
-        rows = cand.cpu().numpy()[best.rows]
-        o = np.lexsort((rows, -best.sims))
-        return Neighbours(rows[o].astype(np.int64), best.sims[o])
+        return _best_of(cand, self.exact(b, cand, q), k)
 
     # --- batches (evaluation) -----------------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
@@ -167,12 +160,34 @@ def _mask_excluded(S: torch.Tensor, exclude: torch.Tensor, start: int) -> None:
     S[idx, ex[idx] - start] = -float("inf")
 
 
+def _EMPTY() -> Neighbours:
+    return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def _clamp_topk(scores: torch.Tensor, k: int, exclude: int | None) -> tuple[int, int]:
+    """Mask the excluded row (in place) and clamp k: (rows left, k to take)."""
+    if exclude is not None:
+        scores[exclude] = -float("inf")
+    n = int(torch.isfinite(scores).sum())
+    return n, min(k, n)
+
+
+def _best_of(cand: torch.Tensor, sims: torch.Tensor, k: int) -> Neighbours:
+    """The k best of candidate rows with exact similarities, ties at rank k to the lower row."""
+    order = torch.argsort(cand)
+    cand, sims = cand[order], sims[order]
+    best = _topk_ties(sims, k, False)
+    rows = cand.cpu().numpy()[best.rows]
+    o = np.lexsort((rows, -best.sims))
+    return Neighbours(rows[o].astype(np.int64), best.sims[o])
+
+
 def _topk_ties(s: torch.Tensor, k: int, has_excluded: bool) -> Neighbours:
     """The k largest of s; ties at the k-th value are taken in row order. -inf never counts."""
     finite = int(torch.isfinite(s).sum()) if has_excluded else s.numel()
     k = min(k, finite)
     if k <= 0:
-        return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        return _EMPTY()
     kth = s.topk(k).values[-1]
     above = torch.nonzero(s > kth).flatten()
     tied = torch.nonzero(s == kth).flatten()[: k - len(above)]
