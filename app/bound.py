@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .search import _EMPTY, ExactSearch, Neighbours, _best_of, _clamp_topk
+from .search import (_EMPTY, ExactSearch, Neighbours, _best_of, _clamp_topk, _mask_excluded,
+                     as_tensor)
 from .store import Store
 
 BOUND_MARGIN = 1e-4
@@ -93,6 +94,103 @@ class BoundSearch(ExactSearch):
             cand = torch.nonzero(ub > thr - BOUND_MARGIN).flatten()
         self.last_candidates[b] = len(cand)
         return cand
+
+    # --- batches (evaluation, calibration) ------------------------------------------------------
+    def _batch_parts(self, b: int, Q: torch.Tensor):
+        """Unit queries (B, C) -> float32 CPU queries, their projections (B, k), residual norms (B,),
+        and the block's projections (k, P) and residual norms (P,) as tensors."""
+        Q = Q.detach().to("cpu", torch.float32).contiguous()
+        U = torch.from_numpy(self.basis[b])
+        Qp = Q @ U
+        qr = (Q - Qp @ U.T).norm(dim=1)
+        return Q, Qp, qr, as_tensor(self.proj[b]), as_tensor(self.resid[b])
+
+    def _pair_sims(self, b: int, Q: torch.Tensor, qi: torch.Tensor, rows: torch.Tensor,
+                   piece: int = 32768) -> torch.Tensor:
+        """Float32 similarities of the pairs (Q[qi], row), computed as ``exact`` computes them (an
+        elementwise product summed along each row), so batches and single queries agree bit for bit."""
+        X = self.block(b)
+        out = torch.empty(len(rows), dtype=torch.float32)
+        for s in range(0, len(rows), piece):
+            r, i = rows[s : s + piece], qi[s : s + piece]
+            out[s : s + piece] = (X[r].float() * Q[i]).sum(dim=1)
+        return out
+
+    def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
+                        exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
+        """As ExactSearch.batch_threshold, from the bound: one (B, k) x (k, chunk) product per chunk
+        instead of (B, C) x (C, chunk), then exact products for the surviving pairs only."""
+        if self.device != "cpu":
+            return super().batch_threshold(b, Q, thr, exclude)
+        Q, Qp, qr, proj, resid = self._batch_parts(b, Q)
+        cut = thr - BOUND_MARGIN
+        qis, rws = [], []
+        for s in range(0, self.store.size, self.chunk):
+            ub = Qp @ proj[:, s : s + self.chunk]
+            ub += qr[:, None] * resid[None, s : s + self.chunk]
+            i, j = torch.nonzero(ub > cut, as_tuple=True)
+            qis.append(i)
+            rws.append(j + s)
+        qi, rows = torch.cat(qis), torch.cat(rws)
+        if exclude is not None:
+            keep = rows != exclude.to(torch.long)[qi]
+            qi, rows = qi[keep], rows[keep]
+        self.last_candidates[b] = len(rows)
+        sims = self._pair_sims(b, Q, qi, rows)
+        keep = sims > thr
+        return (qi[keep].numpy().astype(np.int64), rows[keep].numpy().astype(np.int64),
+                sims[keep].numpy())
+
+    def batch_topk(self, b: int, Q: torch.Tensor, k: int,
+                   exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
+        """As ExactSearch.batch_topk: every query's m best bounds (m a little over k) from one pass
+        over the projections, exact products for those, and a single-query search for the few
+        queries whose (m+1)-th bound could still beat their k-th exact similarity."""
+        if self.device != "cpu":
+            return super().batch_topk(b, Q, k, exclude)
+        Q, Qp, qr, proj, resid = self._batch_parts(b, Q)
+        B, P = Q.shape[0], self.store.size
+        m = min(P, max(2 * k, k + 64))
+        keep_n = min(P, m + 1)
+        best_v = torch.full((B, 0), -float("inf"))
+        best_i = torch.zeros((B, 0), dtype=torch.long)
+        for s in range(0, P, self.chunk):
+            ub = Qp @ proj[:, s : s + self.chunk]
+            ub += qr[:, None] * resid[None, s : s + self.chunk]
+            if exclude is not None:
+                _mask_excluded(ub, exclude, s)
+            v, i = ub.topk(min(keep_n, ub.shape[1]), dim=1)
+            v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
+            best_v, pos = v.topk(min(keep_n, v.shape[1]), dim=1)
+            best_i = i.gather(1, pos)
+        cand, cand_v = best_i[:, :m], best_v[:, :m]
+        rest = best_v[:, m] if best_v.shape[1] > m else torch.full((B,), -float("inf"))
+        qi = torch.arange(B)[:, None].expand_as(cand)
+        sims = self._pair_sims(b, Q, qi.reshape(-1), cand.reshape(-1)).reshape(B, m)
+        sims[~torch.isfinite(cand_v)] = -float("inf")  # the excluded row, when it was read
+        out_q, out_r, out_s = [], [], []
+        n_cand = 0
+        for i in range(B):
+            ex = None if exclude is None or int(exclude[i]) < 0 else int(exclude[i])
+            n = P - (ex is not None)
+            kk = min(k, n)
+            if kk <= 0:
+                continue
+            finite = torch.isfinite(sims[i])
+            kth = sims[i][finite].topk(kk).values[-1] if int(finite.sum()) >= kk else None
+            if kth is not None and (m >= n or float(rest[i]) + BOUND_MARGIN < float(kth)):
+                nb = _best_of(cand[i][finite], sims[i][finite], kk)
+                n_cand += m
+            else:  # rare: the bound was too loose for this query; search it on its own
+                nb = self.topk(b, Q[i], k, ex)
+                n_cand += self.last_candidates[b]
+            out_q.append(np.full(len(nb), i, dtype=np.int64))
+            out_r.append(nb.rows)
+            out_s.append(nb.sims)
+        self.last_candidates[b] = n_cand
+        if not out_q:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.concatenate(out_q), np.concatenate(out_r), np.concatenate(out_s)
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         ub = self.bounds(b, q)

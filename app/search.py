@@ -29,6 +29,15 @@ def _order(rows: torch.Tensor, sims: torch.Tensor) -> Neighbours:
     return Neighbours(rows[o], sims[o])
 
 
+def as_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor over an array without a copy (read-only memory maps included: never written to)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that it cannot mark the tensor read-only
+        return torch.from_numpy(arr)
+
+
 def unit(v: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit length (zero rows stay zero)."""
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
@@ -62,11 +71,7 @@ class ExactSearch:
     def block(self, b: int) -> torch.Tensor:
         """(P, C) float16 tensor of block ``b`` (memory-mapped on the CPU; copied to a GPU)."""
         if self._blocks[b] is None:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a read-only memory map: we never write to it
-                t = torch.from_numpy(self.store.unit[b])
+            t = as_tensor(self.store.unit[b])
             self._blocks[b] = t.to(self.device) if self.device != "cpu" else t
         return self._blocks[b]
 

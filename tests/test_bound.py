@@ -34,9 +34,44 @@ def same(a, b):
     assert np.array_equal(a.sims, b.sims)
 
 
+def per_query(out, B):
+    """Batch output (query index, row, sim) -> one Neighbours per query, in the single-query order."""
+    from app.search import Neighbours
+
+    qi, rows, sims = out
+    res = []
+    for i in range(B):
+        r, s = rows[qi == i], sims[qi == i]
+        o = np.lexsort((r, -s))
+        res.append(Neighbours(r[o], s[o]))
+    return res
+
+
+def check_batches(full, bound, b, Q, thresholds, ks):
+    """Batches through the bound equal single queries (bit for bit) and the full scan's batches."""
+    B = Q.shape[0]
+    exclude = torch.tensor([-1 if i % 2 else (3 * i) % full.store.size for i in range(B)])
+    for thr in thresholds:
+        got = per_query(bound.batch_threshold(b, Q, thr, exclude), B)
+        ref = per_query(full.batch_threshold(b, Q, thr, exclude), B)
+        for i in range(B):
+            ex = None if exclude[i] < 0 else int(exclude[i])
+            same(got[i], bound.threshold(b, Q[i], thr, ex))
+            assert got[i].rows.tolist() == ref[i].rows.tolist()
+    for k in ks:
+        got = per_query(bound.batch_topk(b, Q, k, exclude), B)
+        ref = per_query(full.batch_topk(b, Q, k, exclude), B)
+        for i in range(B):
+            ex = None if exclude[i] < 0 else int(exclude[i])
+            same(got[i], bound.topk(b, Q[i], k, ex))
+            assert len(got[i]) == len(ref[i])
+
+
 def check_all(store, k_rank, queries, thresholds, ks):
     full, bound = ExactSearch(store), bound_for(store, k_rank)
+    Q = torch.from_numpy(unit_rows(np.stack(queries).astype(np.float32)))
     for b in range(store.n_layer):
+        check_batches(full, bound, b, Q, thresholds, ks)
         for q in queries:
             q = torch.from_numpy(unit_rows(q.astype(np.float32)))
             for thr in thresholds:
