@@ -105,17 +105,6 @@ class BoundSearch(ExactSearch):
         qr = (Q - Qp @ U.T).norm(dim=1)
         return Q, Qp, qr, as_tensor(self.proj[b]), as_tensor(self.resid[b])
 
-    def _pair_sims(self, b: int, Q: torch.Tensor, qi: torch.Tensor, rows: torch.Tensor,
-                   piece: int = 32768) -> torch.Tensor:
-        """Float32 similarities of the pairs (Q[qi], row), computed as ``exact`` computes them (an
-        elementwise product summed along each row), so batches and single queries agree bit for bit."""
-        X = self.block(b)
-        out = torch.empty(len(rows), dtype=torch.float32)
-        for s in range(0, len(rows), piece):
-            r, i = rows[s : s + piece], qi[s : s + piece]
-            out[s : s + piece] = (X[r].float() * Q[i]).sum(dim=1)
-        return out
-
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
                         exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
         """As ExactSearch.batch_threshold, from the bound: one (B, k) x (k, chunk) product per chunk
@@ -136,7 +125,7 @@ class BoundSearch(ExactSearch):
             keep = rows != exclude.to(torch.long)[qi]
             qi, rows = qi[keep], rows[keep]
         self.last_candidates[b] = len(rows)
-        sims = self._pair_sims(b, Q, qi, rows)
+        sims = self.pair_sims(b, Q, qi, rows)
         keep = sims > thr
         return (qi[keep].numpy().astype(np.int64), rows[keep].numpy().astype(np.int64),
                 sims[keep].numpy())
@@ -166,7 +155,7 @@ class BoundSearch(ExactSearch):
         cand, cand_v = best_i[:, :m], best_v[:, :m]
         rest = best_v[:, m] if best_v.shape[1] > m else torch.full((B,), -float("inf"))
         qi = torch.arange(B)[:, None].expand_as(cand)
-        sims = self._pair_sims(b, Q, qi.reshape(-1), cand.reshape(-1)).reshape(B, m)
+        sims = self.pair_sims(b, Q, qi.reshape(-1), cand.reshape(-1)).reshape(B, m)
         sims[~torch.isfinite(cand_v)] = -float("inf")  # the excluded row, when it was read
         out_q, out_r, out_s = [], [], []
         n_cand = 0

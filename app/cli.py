@@ -58,35 +58,25 @@ def _workspace(args, settings: Settings):
 
 
 def cmd_index(args, settings: Settings) -> int:
-    from .store import StoreError, open_store
-    from .workspace import build_index
+    from .store import StoreError
+    from .workspace import add_missing_indexes, build_index
 
     ws = _workspace(args, settings)
+    ivf = None if args.ivf == "none" else args.ivf
     if (ws.store_dir / "manifest.json").exists() and not args.force:
         try:
-            st = open_store(ws.store_dir, ws.spec)
-            from .bound import DEFAULT_RANK, add_bound, open_bound
-
-            try:
-                open_bound(st)
-                has_bound = True
-            except StoreError:
-                has_bound = False
-            if not has_bound:
-                from .store import seal_bound
-
-                add_bound(ws.store_dir, DEFAULT_RANK, progress=not args.quiet)
-                seal_bound(ws.store_dir, DEFAULT_RANK)
-                print(f"added the bound index (rank {DEFAULT_RANK}) to {ws.store_dir}")
-            print(f"store already built: {ws.store_dir} ({st.size:,} strings); --force rebuilds it")
+            for name in add_missing_indexes(ws, ivf, progress=not args.quiet):
+                print(f"added the {name} index to {ws.store_dir}")
+            print(f"store already built: {ws.store_dir}; --force rebuilds it")
             return 0
         except StoreError as e:
             print(f"rebuilding: {e}", file=sys.stderr)
-    path = build_index(ws, batch_size=args.batch_size, progress=not args.quiet)
+    path = build_index(ws, batch_size=args.batch_size, progress=not args.quiet, ivf_kind=ivf)
     m = json.loads((path / "manifest.json").read_text())
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"store written to {path}: {m['pool_size']:,} strings x {m['n_layer']} blocks x "
-          f"{m['n_embd']}, {size / 2**20:,.1f} MiB, built in {m['build_seconds']:.0f} s")
+          f"{m['n_embd']}, {size / 2**20:,.1f} MiB, built in {m['build_seconds']:.0f} s"
+          + "".join(f"; {k} index {m[k]['seconds']:.0f} s" for k in ("bound", "ivf") if k in m))
     d = m["defaults"]
     print(f"calibrated thresholds ({d['rule']}): " + ", ".join(f"{t:.4f}" for t in d["thresholds"]))
     return 0
@@ -114,7 +104,9 @@ def _engine(args, settings: Settings):
     from .workspace import open_engine
 
     ws = _workspace(args, settings)
-    return open_engine(ws, backend="exact" if args.exact else "auto", build=args.build,
+    if args.exact and args.backend not in ("auto", "exact"):
+        raise UsageError(f"--exact asks for the full scan, --backend {args.backend} for another: give one")
+    return open_engine(ws, backend="exact" if args.exact else args.backend, build=args.build,
                        progress=not args.quiet)
 
 
@@ -188,8 +180,10 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-self", action="store_true",
                    help="leave out the pool string equal to the prompt")
     p.add_argument("--build", action="store_true", help="build the store first if it is missing")
-    p.add_argument("--exact", action="store_true",
-                   help="full scan instead of the bound index (the answers are the same)")
+    p.add_argument("--backend", default="auto", choices=["auto", "bound", "exact", "ivf"],
+                   help="search backend: bound (exact answers from a pruned scan), exact (full scan), "
+                        "ivf (faiss, approximate); auto: bound when the store has it")
+    p.add_argument("--exact", action="store_true", help="the same as --backend exact")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -233,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("index", help="build the activation store and calibrate its thresholds")
     _store_args(i)
     i.add_argument("--batch-size", type=int, default=2048)
+    i.add_argument("--ivf", default="sq8", choices=["sq8", "flat", "none"],
+                   help="the faiss index to build beside the store: IVF with 8-bit scalar-quantised "
+                        "lists (default), IVF with float32 lists (4x the disk), or none")
     i.add_argument("--force", action="store_true", help="rebuild even if a valid store exists")
     i.set_defaults(func=cmd_index)
 

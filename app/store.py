@@ -39,6 +39,12 @@ BIG = ("ffn_unit.npy", "ffn_norm.npy")
 SMALL = ("pool_starts.npy", "pool_at.npy", "counts_indptr.npy", "counts_chars.npy", "counts_n.npy")
 BOUND_BIG = ("bound_proj.npy", "bound_resid.npy")  # optional: the bound index (app/bound.py)
 BOUND_SMALL = ("bound_basis.npy",)
+IVF_PATTERN = "ivf_{}.faiss"  # optional: the ivf index (app/ivf.py), one file per block
+
+
+def ivf_names(n_layer: int) -> tuple[str, ...]:
+    """The ivf index's files, one per block."""
+    return tuple(IVF_PATTERN.format(b) for b in range(n_layer))
 
 
 class StoreError(ValueError):
@@ -170,15 +176,28 @@ def file_entries(path: Path, names) -> dict:
     return out
 
 
-def seal_bound(path: Path, rank: int) -> None:
-    """Record the bound index files of the store at ``path`` in its manifest (atomically)."""
+def seal_bound(path: Path, info: dict) -> None:
+    """Record the bound index files of the store at ``path`` (``info``: rank, seconds)."""
+    seal_index(Path(path), "bound", BOUND_SMALL + BOUND_BIG, info)
+
+
+def seal_index(path: Path, key: str, names, info: dict) -> None:
+    """Record a derived index's files (sizes, and hashes of small ones) and its entry ``key``
+    (``info`` plus the fingerprint of the vectors it was built from) in the manifest, atomically."""
     mpath = path / MANIFEST
     manifest = json.loads(mpath.read_text())
     unit = np.load(path / "ffn_unit.npy", mmap_mode="r")
-    manifest.setdefault("unit_fingerprint", unit_fingerprint(unit))
-    manifest["files"].update(file_entries(path, BOUND_SMALL + BOUND_BIG))
-    manifest["bound"] = {"rank": rank, "unit_fingerprint": unit_fingerprint(unit)}
+    fp = unit_fingerprint(unit)
+    manifest.setdefault("unit_fingerprint", fp)
+    manifest["files"].update(file_entries(path, names))
+    manifest[key] = {**info, "unit_fingerprint": fp}
     _write_json(mpath, manifest)
+
+
+def seal_ivf(path: Path, info: dict) -> None:
+    """Record the ivf index files of the store at ``path`` (``info``: what app.ivf.build_ivf returns)."""
+    L = np.load(Path(path) / "ffn_unit.npy", mmap_mode="r").shape[0]
+    seal_index(Path(path), "ivf", ivf_names(L), info)
 
 
 def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: dict) -> Path:
@@ -188,7 +207,9 @@ def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: di
     if prog["done"] != P:
         raise StoreError(f"{part} is incomplete ({prog['done']} of {P} strings)")
     bound = BOUND_SMALL + BOUND_BIG if (part / "bound_proj.npy").exists() else ()
-    files = file_entries(part, SMALL + BIG + bound)
+    ivf = ivf_names(model_cfg["n_layer"])
+    ivf = ivf if "ivf" in extra and all((part / name).exists() for name in ivf) else ()
+    files = file_entries(part, SMALL + BIG + bound + ivf)
     unit = np.load(part / "ffn_unit.npy", mmap_mode="r")
     manifest = {
         "format": FORMAT,
@@ -207,6 +228,10 @@ def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: di
     }
     if bound:
         manifest["bound"] = {**extra.get("bound", {}), "unit_fingerprint": manifest["unit_fingerprint"]}
+    if ivf:
+        manifest["ivf"] = {**extra["ivf"], "unit_fingerprint": manifest["unit_fingerprint"]}
+    else:
+        manifest.pop("ivf", None)
     _write_json(part / MANIFEST, manifest)
     (part / PROGRESS).unlink()
     final = part.with_name(part.name[: -len(".partial")])

@@ -5,6 +5,7 @@ characters fit the model when another corpus is allowed), and finds or builds th
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .corpus import DEFAULT_CORPUS, Corpus, CorpusError, load_corpus
 from .evaluate import calibrate_thresholds
 from .search import make_search
 from .settings import Settings
-from .store import StoreSpec, build_store, finalize, open_store
+from .store import StoreError, StoreSpec, build_store, finalize, open_store
 
 
 @dataclass
@@ -67,15 +68,58 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
 
 
 def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
-                calibration_prompts: int = 256) -> Path:
-    """Build the store (resuming a partial build), calibrate its thresholds, move it into place."""
+                calibration_prompts: int = 256, ivf_kind: str | None = None) -> Path:
+    """Build the store (resuming a partial build), calibrate its thresholds, add the bound index
+    and, when ``ivf_kind`` is "sq8" or "flat", the ivf index; move it into place."""
     part = build_store(ws.model, ws.ids, ws.spec, ws.store_dir, ws.device, batch_size, progress)
     st = _open_partial(part, ws)
     engine = Engine(ws.model, ws.tok, st, make_search(st, "exact", ws.device), ws.device)
     defaults = calibrate_thresholds(engine, n_prompts=calibration_prompts, progress=progress)
-    add_bound(part, rank=DEFAULT_RANK, progress=progress)
-    return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars,
-                    {"defaults": defaults, "bound": {"rank": DEFAULT_RANK}})
+    extra = {"defaults": defaults, "bound": bound_index(part, progress)}
+    if ivf_kind:
+        extra["ivf"] = ivf_index(part, ivf_kind, progress)
+    return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, extra)
+
+
+def bound_index(path: Path, progress: bool = True) -> dict:
+    """Write the bound index beside the vectors at ``path``; returns its manifest entry."""
+    t0 = time.time()
+    add_bound(path, rank=DEFAULT_RANK, progress=progress)
+    return {"rank": DEFAULT_RANK, "seconds": round(time.time() - t0, 1)}
+
+
+def ivf_index(path: Path, kind: str, progress: bool = True) -> dict:
+    """Write the ivf index beside the vectors at ``path``; returns its manifest entry."""
+    from .ivf import build_ivf
+
+    t0 = time.time()
+    info = build_ivf(path, kind=kind, progress=progress)
+    return {**info, "seconds": round(time.time() - t0, 1)}
+
+
+def add_missing_indexes(ws: Workspace, ivf_kind: str | None, progress: bool = True) -> list[str]:
+    """Add the bound index (and the ivf index of ``ivf_kind``) to a complete store that lacks them
+    or whose copies do not fit it; returns what was added. The manifest is rewritten atomically
+    after each, so an interruption leaves the store as it was."""
+    from .store import seal_bound, seal_ivf
+
+    added = []
+    st = open_store(ws.store_dir, ws.spec)
+    for name, wanted in (("bound", True), ("ivf", bool(ivf_kind))):
+        if not wanted:
+            continue
+        try:
+            make_search(st, name)
+            continue
+        except StoreError:
+            pass
+        if name == "bound":
+            seal_bound(ws.store_dir, bound_index(ws.store_dir, progress))
+        else:
+            seal_ivf(ws.store_dir, ivf_index(ws.store_dir, ivf_kind, progress))
+        added.append(name)
+        st = open_store(ws.store_dir, ws.spec)
+    return added
 
 
 def _open_partial(part: Path, ws: Workspace):

@@ -1,38 +1,67 @@
-"""Search backends on a real store, measured in one run: full scan ("exact") against the pruned
-exact scan ("bound"), per block and for the whole query, with the memory-bandwidth floor.
+"""Search on a real store, measured in one run against the machine's own floors, with PASS/FAIL.
 
-    python bench/search.py [--model tiny] [--corpus PATH] [--prompts 300] [--mode threshold|topk] [--k 200]
+    python bench/search.py --model blog-cpu --corpus ../shared/data/tinyshakespeare.txt \
+        [--prompts 1000] [--full-prompts 200] [--eval-prompts 20000] [--eval-full-prompts 512] \
+        [--k 200] [--server-queries 300] [--json OUT]
 
-Prompts are 10-character strings at random positions of the validation split (seed 0). Prints
-p50/p95 per block and per full query (forward + all blocks + blend), bytes read per query, the
-bound's candidates / true neighbours per block, and whether every answer of the two backends is
-identical (it must be).
+Backends: "exact" (full scan), "bound" (exact answers from a pruned scan) and "ivf" (faiss, when the
+store has it). Prompts are 10-character strings at random positions of the validation split (seed 0).
+The full scan is timed on the first --full-prompts of them (it is slow); the bound, which returns
+the same answers (checked on those prompts, bit for bit), is the reference for the ivf's recall on
+all of them. In one run it prints:
+
+- floors: one streaming read of one block's float16 vectors (an integer sum over its bytes; numpy's
+  float16 sum is emulated and would flatter us), and torch sgemm GFLOP/s at the search's shape;
+- per block and per full query (forward + every block + blend) p50/p95 of each backend, in threshold
+  mode (the store's calibrated thresholds) and top-k mode; the full scan as a ratio to the floor;
+- bytes read per query and candidates / true neighbours per block (bound, ivf);
+- ivf: neighbour recall against exact, the share of prompts whose top-1 is unchanged, mean |dH|;
+- batched evaluation (METHOD.md's reference prompts) in prompts/s for bound and full scan, against
+  the sgemm floor of a full scan (every prompt x every string x every block, one multiply-add each);
+- index build times and sizes (from the manifest), and a served explorer's cold start and peak RSS.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from app.approx import QuerySettings  # noqa: E402
-from app.search import ExactSearch, make_search, unit  # noqa: E402
+from app.evaluate import evaluate, reference_prompts  # noqa: E402
+from app.search import make_search, unit  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.workspace import open_engine, open_workspace  # noqa: E402
 
+RESULTS: dict = {"checks": []}
 
-def pct(xs, q):
+
+def ms(xs, q) -> float:
     return 1000 * float(np.percentile(xs, q))
 
 
+def check(name: str, value: float, target: float, unit_: str = "", lower_is_better: bool = True):
+    ok = value <= target if lower_is_better else value >= target
+    RESULTS["checks"].append({"check": name, "value": value, "target": target, "pass": ok})
+    op = "<=" if lower_is_better else ">="
+    print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {value:.4g}{unit_} (target {op} {target:g}{unit_})")
+
+
 def streaming_floor(arr: np.ndarray, reps: int = 5) -> float:
-    """Seconds to read ``arr``'s bytes once (a vectorised integer sum over them; best of reps)."""
+    """Seconds to read ``arr``'s bytes once: a vectorised integer sum over them, best of reps."""
     flat = np.asarray(arr).reshape(-1).view(np.uint64)
+    flat.sum()  # page it in
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
@@ -41,75 +70,223 @@ def streaming_floor(arr: np.ndarray, reps: int = 5) -> float:
     return best
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="tiny")
-    ap.add_argument("--corpus", default=None)
-    ap.add_argument("--prompts", type=int, default=300)
-    ap.add_argument("--mode", default="threshold", choices=["threshold", "topk"])
-    ap.add_argument("--k", type=int, default=200)
-    a = ap.parse_args()
-    ws = open_workspace(Settings(), model=a.model, corpus=a.corpus, device="cpu")
-    engine = open_engine(ws, backend="bound", progress=False)
-    full = engine.with_search(ExactSearch(engine.store))
-    store = engine.store
-    L, P, C = store.unit.shape
-    qs = QuerySettings(mode=a.mode, k=a.k).resolved(store)
-    rng = np.random.default_rng(0)
-    lo = ws.corpus.n_train
-    starts = rng.integers(lo, len(ws.ids) - 10, a.prompts)
-    prompts = [ws.tok.decode(ws.ids[s : s + 10]) for s in starts]
+def sgemm_flops(C: int, batch: int = 256, cols: int = 65536, reps: int = 5) -> float:
+    """torch float32 matrix-multiply rate (FLOP/s) at the batched search's shape, best of reps."""
+    A, B = torch.randn(batch, C), torch.randn(C, cols)
+    A @ B
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        A @ B
+        best = min(best, time.perf_counter() - t)
+    return 2 * batch * C * cols / best
 
-    floor = streaming_floor(store.unit[L // 2])
-    per_block = {"exact": [[] for _ in range(L)], "bound": [[] for _ in range(L)]}
-    ratio = [[] for _ in range(L)]
-    cand_bytes = []
-    mismatches = 0
+
+def dir_bytes(path: Path, names) -> int:
+    return sum((path / n).stat().st_size for n in names if (path / n).exists())
+
+
+def time_blocks(engine, prompts, qs, backends) -> dict:
+    """Per backend and block: seconds per search, answers, and candidates."""
+    L = engine.store.n_layer
+    out = {n: {"t": [[] for _ in range(L)], "ans": [], "cand": [[] for _ in range(L)]} for n in backends}
     for p in prompts:
         _, ffn = engine.forward(engine.encode(p))
         q = unit(ffn)
-        cands = 0
-        for b in range(L):
-            out = {}
-            for name, s in (("exact", full.search), ("bound", engine.search)):
+        for name, s in backends.items():
+            per = []
+            for b in range(L):
                 t = time.perf_counter()
-                nb = s.threshold(b, q[b], qs.thresholds[b]) if a.mode == "threshold" else s.topk(b, q[b], qs.k)
-                per_block[name][b].append(time.perf_counter() - t)
-                out[name] = nb
-            mismatches += int(out["exact"].rows.tolist() != out["bound"].rows.tolist()
-                              or not np.array_equal(out["exact"].sims, out["bound"].sims))
-            c = engine.search.last_candidates[b]
-            cands += c
-            ratio[b].append(c / max(1, len(out["exact"])))
-        cand_bytes.append(cands * C * 2)
-    whole = {}
-    for name, eng in (("exact", full), ("bound", engine)):
-        ts = []
-        for p in prompts:
-            t = time.perf_counter()
-            eng.query(p, qs)
-            ts.append(time.perf_counter() - t)
-        whole[name] = ts
+                nb = (s.threshold(b, q[b], qs.thresholds[b]) if qs.mode == "threshold"
+                      else s.topk(b, q[b], qs.k))
+                out[name]["t"][b].append(time.perf_counter() - t)
+                out[name]["cand"][b].append(getattr(s, "last_candidates", [len(nb)] * L)[b])
+                per.append(nb)
+            out[name]["ans"].append(per)
+    return out
 
-    k = engine.search.basis.shape[2]
-    print(f"store {store.path.name}: {P:,} strings x {L} blocks x {C}; bound rank {k}; "
-          f"{a.prompts} validation prompts; mode {a.mode}"
-          + (f" (k={a.k})" if a.mode == "topk" else " (calibrated thresholds)") + f"; {torch.get_num_threads()} threads")
-    print(f"bandwidth floor: one streaming read of one block's float16 vectors "
-          f"({P * C * 2 / 2**20:,.0f} MiB) = {1000 * floor:.1f} ms")
-    print("block   exact p50/p95 ms   bound p50/p95 ms   bound/floor p50   candidates/true (median, p95)")
-    for b in range(L):
-        e, bd = per_block["exact"][b], per_block["bound"][b]
-        print(f"{b:>5}   {pct(e, 50):7.1f} /{pct(e, 95):7.1f}   {pct(bd, 50):7.1f} /{pct(bd, 95):7.1f}   "
-              f"{pct(bd, 50) / (1000 * floor):14.2f}   {np.median(ratio[b]):8.2f}, {np.percentile(ratio[b], 95):.2f}")
-    for name in ("exact", "bound"):
-        print(f"full query ({name}): p50 {pct(whole[name], 50):.1f} ms, p95 {pct(whole[name], 95):.1f} ms; "
-              f"all-blocks floor {1000 * L * floor:.1f} ms")
-    exact_bytes = L * P * C * 2
-    bound_bytes = L * P * (4 * k + 4) + np.mean(cand_bytes)
-    print(f"bytes read per query: exact {exact_bytes / 2**20:,.0f} MiB, bound {bound_bytes / 2**20:,.1f} MiB "
-          f"({bound_bytes / exact_bytes:.2f} of exact)")
-    print(f"answers identical between the two backends: {'yes' if mismatches == 0 else f'NO ({mismatches} differ)'}")
+
+def time_queries(engine, prompts, qs) -> tuple[list, list]:
+    ts, res = [], []
+    for p in prompts:
+        t = time.perf_counter()
+        res.append(engine.query(p, qs))
+        ts.append(time.perf_counter() - t)
+    return ts, res
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_and_measure(args, prompts: list[str], n_queries: int) -> dict:
+    """Start `ffnlens serve` on a store that exists; time it to its first answer; query it; peak RSS."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--model", args.model, "--port", str(port), "--quiet"]
+    if args.corpus:
+        cmd += ["--corpus", args.corpus]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(base + "/api/info", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+                time.sleep(0.02)
+        cold = time.perf_counter() - t0
+        lat = []
+        from urllib.parse import quote
+
+        for p in (prompts * (n_queries // max(1, len(prompts)) + 1))[:n_queries]:
+            t = time.perf_counter()
+            urllib.request.urlopen(f"{base}/api/query?prompt={quote(p)}", timeout=30).read()
+            lat.append(time.perf_counter() - t)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        hwm = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) * 1024
+        return {"cold_start_s": cold, "peak_rss": hwm, "http_p50_ms": ms(lat, 50),
+                "http_p95_ms": ms(lat, 95), "queries": len(lat)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="blog-cpu")
+    ap.add_argument("--corpus", default=None)
+    ap.add_argument("--prompts", type=int, default=1000)
+    ap.add_argument("--full-prompts", type=int, default=200)
+    ap.add_argument("--k", type=int, default=200)
+    ap.add_argument("--eval-prompts", type=int, default=20000)
+    ap.add_argument("--eval-full-prompts", type=int, default=512)
+    ap.add_argument("--server-queries", type=int, default=300)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: blocks,eval,server")
+    ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    a = ap.parse_args()
+    skip = set(filter(None, a.skip.split(",")))
+
+    ws = open_workspace(Settings(), model=a.model, corpus=a.corpus, device="cpu")
+    engine = open_engine(ws, backend="bound", progress=False)
+    store = engine.store
+    L, P, C = store.unit.shape
+    backends = {"exact": make_search(store, "exact"), "bound": engine.search}
+    if "ivf" in store.manifest:
+        backends["ivf"] = make_search(store, "ivf")
+    engines = {n: engine.with_search(s) for n, s in backends.items()}
+    rng = np.random.default_rng(0)
+    starts = rng.integers(ws.corpus.n_train, len(ws.ids) - 10, a.prompts)
+    prompts = [ws.tok.decode(ws.ids[s : s + 10]) for s in starts]
+    few = prompts[: a.full_prompts]
+    print(f"store {store.path.name}: {P:,} strings x {L} blocks x {C} (float16); "
+          f"{torch.get_num_threads()} threads; {a.prompts} validation prompts "
+          f"(full scan on the first {len(few)}); backends: {', '.join(backends)}")
+
+    floor = streaming_floor(store.unit[L // 2])
+    flops = sgemm_flops(C)
+    block_mib = P * C * 2 / 2**20
+    print(f"floors: streaming read of one block ({block_mib:,.0f} MiB) {1000 * floor:.1f} ms "
+          f"({block_mib / 1024 / floor:.1f} GiB/s); sgemm {flops / 1e9:.1f} GFLOP/s")
+    RESULTS.update(store=store.path.name, P=P, L=L, C=C, floor_ms=1000 * floor, sgemm_gflops=flops / 1e9)
+
+    files = store.manifest["files"]
+    size = {"store": sum(v["bytes"] for k, v in files.items() if not k.startswith(("bound", "ivf"))),
+            "bound": sum(v["bytes"] for k, v in files.items() if k.startswith("bound")),
+            "ivf": sum(v["bytes"] for k, v in files.items() if k.startswith("ivf"))}
+    secs = {"store": store.manifest.get("build_seconds"), "bound": store.manifest.get("bound", {}).get("seconds"),
+            "ivf": store.manifest.get("ivf", {}).get("seconds")}
+    print("indexes on disk: " + "; ".join(
+        f"{k} {v / 2**20:,.0f} MiB" + (f", built in {secs[k]:.0f} s" if secs.get(k) else "")
+        for k, v in size.items() if v))
+    RESULTS.update(sizes=size, build_seconds=secs)
+
+    qs = {"threshold": QuerySettings().resolved(store), "topk": QuerySettings(mode="topk", k=a.k).resolved(store)}
+    if "blocks" not in skip:
+        for mode, s in qs.items():
+            label = "calibrated thresholds" if mode == "threshold" else f"top-{a.k}"
+            print(f"\n== {mode} mode ({label}) ==")
+            full = time_blocks(engine, few, s, {"exact": backends["exact"]})["exact"]
+            rest = time_blocks(engine, prompts, s, {n: b for n, b in backends.items() if n != "exact"})
+            same = sum(x.rows.tolist() != y.rows.tolist() or not np.array_equal(x.sims, y.sims)
+                       for fa, ba in zip(full["ans"], rest["bound"]["ans"]) for x, y in zip(fa, ba))
+            print("block   true p50   " + "   ".join(f"{n + ' p50/p95 ms':>18}" for n in backends)
+                  + "   cand/true bound" + ("   cand/true ivf" if "ivf" in backends else ""))
+            for b in range(L):
+                true = [len(ans[b]) for ans in rest["bound"]["ans"]]
+                cols = [f"{ms(full['t'][b], 50):8.1f} /{ms(full['t'][b], 95):7.1f}"]
+                cols += [f"{ms(rest[n]['t'][b], 50):8.1f} /{ms(rest[n]['t'][b], 95):7.1f}" for n in rest]
+                ratios = [np.median(np.array(rest[n]["cand"][b]) / np.maximum(1, true)) for n in rest]
+                print(f"{b:>5}   {np.median(true):8.0f}   " + "   ".join(f"{c:>18}" for c in cols)
+                      + "".join(f"   {r:15.2f}" for r in ratios))
+            exact_all = np.sum([np.array(full["t"][b]) for b in range(L)], axis=0)
+            print(f"full scan, all blocks: p50 {ms(exact_all, 50):.1f} ms = "
+                  f"{np.median(exact_all) / (L * floor):.2f} x the floor of {1000 * L * floor:.1f} ms")
+            cand_bytes = np.mean([sum(rest["bound"]["cand"][b][i] for b in range(L)) for i in range(len(prompts))]) * C * 2
+            bound_bytes = L * P * (4 * store.manifest["bound"]["rank"] + 4) + cand_bytes
+            print(f"bytes read per query: full scan {L * P * C * 2 / 2**20:,.0f} MiB, bound "
+                  f"{bound_bytes / 2**20:,.1f} MiB ({bound_bytes / (L * P * C * 2):.2f} of it)")
+            print(f"bound answers identical to the full scan's on {len(few)} prompts x {L} blocks: "
+                  + ("yes" if same == 0 else f"NO ({same} differ)"))
+            if mode == "threshold":
+                check("full scan, all blocks, p50 / bandwidth floor", float(np.median(exact_all) / (L * floor)), 1.25, "x")
+            whole = {"exact": time_queries(engines["exact"], few, s)}
+            for n in rest:
+                whole[n] = time_queries(engines[n], prompts, s)
+            for n, (ts, _) in whole.items():
+                print(f"full query ({n}): p50 {ms(ts, 50):.1f} ms, p95 {ms(ts, 95):.1f} ms over {len(ts)} prompts")
+                RESULTS[f"{mode}_{n}_query_ms"] = {"p50": ms(ts, 50), "p95": ms(ts, 95)}
+            check(f"bound full query p95, {mode} mode", ms(whole["bound"][0], 95), 60, " ms")
+            if "ivf" in whole:
+                ex_ans, ivf_ans = rest["bound"]["ans"], rest["ivf"]["ans"]
+                rec = [len(set(i.rows.tolist()) & set(e.rows.tolist())) / len(e) if len(e) else 1.0
+                       for ea, ia in zip(ex_ans, ivf_ans) for e, i in zip(ea, ia)]
+                pooled = (sum(len(set(i.rows.tolist()) & set(e.rows.tolist())) for ea, ia in zip(ex_ans, ivf_ans)
+                              for e, i in zip(ea, ia)) / max(1, sum(len(e) for ea in ex_ans for e in ea)))
+                eb, ei = whole["bound"][1], whole["ivf"][1]
+                top1 = np.mean([int(np.argmax(x.approx)) == int(np.argmax(y.approx)) for x, y in zip(eb, ei)])
+                dh = np.mean([abs(x.hellinger - y.hellinger) for x, y in zip(eb, ei)])
+                print(f"ivf against exact: recall mean {np.mean(rec):.4f} (pooled {pooled:.4f}), "
+                      f"top-1 unchanged {top1:.4f}, mean |dH| {dh:.5f}")
+                RESULTS[f"{mode}_ivf"] = {"recall": float(np.mean(rec)), "pooled": pooled,
+                                          "top1_unchanged": float(top1), "mean_dH": float(dh)}
+                check(f"ivf full query p95, {mode} mode", ms(whole["ivf"][0], 95), 50, " ms")
+                check(f"ivf neighbour recall, {mode} mode", float(np.mean(rec)), 0.99, "", False)
+                check(f"ivf top-1 unchanged, {mode} mode", float(top1), 0.995, "", False)
+
+    if "eval" not in skip:
+        print("\n== batched evaluation (reference prompts, calibrated thresholds) ==")
+        rows = reference_prompts(store, a.eval_prompts)
+        floor_s = 2.0 * len(rows) * P * C * L / flops
+        r = evaluate(engine, rows, qs["threshold"], progress=False)
+        rf = evaluate(engines["exact"], rows[: a.eval_full_prompts], qs["threshold"], progress=False)
+        print(f"bound: {len(rows):,} prompts in {r['seconds']:.1f} s ({r['prompts_per_s']:.0f} prompts/s); "
+              f"full scan: {rf['prompts']:,} prompts in {rf['seconds']:.1f} s ({rf['prompts_per_s']:.1f} prompts/s)")
+        print(f"sgemm floor of a full scan over {len(rows):,} prompts: {floor_s:.1f} s "
+              f"({len(rows) / floor_s:.1f} prompts/s); Hellinger mean {r['hellinger']['mean']:.4f}")
+        RESULTS["eval"] = {"prompts": len(rows), "seconds": r["seconds"], "full_scan_prompts_per_s": rf["prompts_per_s"],
+                           "floor_s": floor_s, "hellinger_mean": r["hellinger"]["mean"]}
+        check("full-scan evaluation / sgemm floor", (len(rows) / rf["prompts_per_s"]) / floor_s, 1.3, "x")
+        check("bound evaluation / sgemm floor of a full scan", r["seconds"] / floor_s, 1.0, "x")
+
+    if "server" not in skip:
+        print("\n== served explorer ==")
+        sv = serve_and_measure(a, prompts[:50], a.server_queries)
+        on_disk = sum(v["bytes"] for v in files.values())
+        print(f"cold start to the first answer {sv['cold_start_s']:.2f} s; {sv['queries']} /api/query requests "
+              f"p50 {sv['http_p50_ms']:.0f} ms, p95 {sv['http_p95_ms']:.0f} ms; peak RSS "
+              f"{sv['peak_rss'] / 2**20:,.0f} MiB against {on_disk / 2**20:,.0f} MiB on disk")
+        RESULTS["server"] = sv
+        check("server cold start", sv["cold_start_s"], 3.0, " s")
+        check("server peak RSS / store on disk", sv["peak_rss"] / on_disk, 1.5, "x")
+
+    print("\n" + "; ".join(f"{c['check']}: {'PASS' if c['pass'] else 'FAIL'}" for c in RESULTS["checks"]))
+    if a.json:
+        Path(a.json).write_text(json.dumps(RESULTS, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -85,9 +85,10 @@ def workspace(settings, micro_model_dir, micro_corpus):
 
 @pytest.fixture(scope="session")
 def engine(workspace):
-    from app.workspace import open_engine
+    from app.workspace import build_index, open_engine
 
-    return open_engine(workspace, build=True, progress=False)
+    build_index(workspace, progress=False, ivf_kind="sq8")  # every index, as `ffnlens index` builds
+    return open_engine(workspace, progress=False)
 
 
 @pytest.fixture(scope="session")

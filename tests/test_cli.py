@@ -30,6 +30,9 @@ def test_query_text_and_json(cli):
     out = cli("query", "the king ", "--quiet", check=0).stdout
     assert "block 5" in out and "Hellinger distance" in out and "backend bound" in out
     assert "backend exact" in cli("query", "the king ", "--quiet", "--exact", check=0).stdout
+    assert "backend exact" in cli("query", "the king ", "--quiet", "--backend", "exact", check=0).stdout
+    bad = cli("query", "the king ", "--quiet", "--exact", "--backend", "bound", check=2)
+    assert "give one" in bad.stderr
     d = json.loads(cli("query", "the king ", "--json", "--mode", "topk", "--k", "4", check=0).stdout)
     assert d["backend"] == "bound" and len(d["blocks"]) == 6
     assert all(b["neighbours"] == 4 for b in d["blocks"])
@@ -87,3 +90,18 @@ def test_train_runs_and_resumes(tmp_path, micro_corpus):
     assert cfg["recipe"]["batch_size"] == 8 and cfg["recipe"]["phases"][0]["until"] == 3000
     p = ffnlens(*args[:-4], "--arch", "n_emb=3", home=tmp_path, check=2)
     assert "unknown field 'n_emb'" in p.stderr
+
+
+def test_index_adds_missing_indexes_to_a_store(cli, engine, tmp_path):
+    import shutil
+
+    dst = tmp_path / "store"
+    shutil.copytree(engine.store.path, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    del m["ivf"], m["bound"]
+    (dst / "manifest.json").write_text(json.dumps(m))
+    assert "no bound index" in cli("query", "the king ", "--store", dst, "--backend", "bound", check=2).stderr
+    out = cli("index", "--store", dst, "--quiet", check=0).stdout
+    assert "added the bound index" in out and "added the ivf index" in out
+    assert "backend ivf" in cli("query", "the king ", "--store", dst, "--backend", "ivf", check=0).stdout
+    assert "store already built" in cli("index", "--store", dst, "--quiet", check=0).stdout

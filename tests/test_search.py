@@ -76,3 +76,21 @@ def test_batches_equal_single_queries(engine):
             assert (qi == i).sum() == 9
             single = search.topk(b, Q[i], 9)
             assert np.allclose(np.sort(sims[qi == i])[::-1], single.sims, atol=TOL)
+
+
+def test_split_float16_pass_on_a_large_block():
+    """Blocks of 65,536 rows or more take the multi-threaded float16 pass: still within its margin,
+    and the threshold answer is still the float32 one."""
+    from app.search import COARSE_MARGIN
+
+    from .test_bound import make_store, unit_rows
+
+    rng = np.random.default_rng(3)
+    store = make_store(unit_rows(rng.normal(size=(1, 70_000, 16))))
+    search = ExactSearch(store)
+    q = unit(torch.from_numpy(rng.normal(size=16).astype(np.float32)))
+    exact = search.similarities(0, q)
+    assert float((search.coarse(0, q) - exact).abs().max()) <= COARSE_MARGIN
+    sims = brute(store, 0, q)
+    for thr in (0.9, 0.5):
+        check_threshold(search.threshold(0, q, thr).rows, sims, thr)

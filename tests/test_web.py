@@ -31,9 +31,26 @@ def test_page_and_json_show_the_same_result(client):
     for bar in api["chart"]["top"]:
         assert f"{bar['model']:.3f}" in page.text and f"{bar['approx']:.3f}" in page.text
     assert api["backend"] == "bound" and "search: bound" in page.text
-    full = client.get("/api/query", params={"prompt": "the king ", "exact": "1"}).json()
-    assert full["backend"] == "exact" and "exact=1" in full["permalink"]
-    assert full["blocks"] == api["blocks"] and full["hellinger"] == api["hellinger"]
+    for params in ({"exact": "1"}, {"backend": "exact"}):
+        full = client.get("/api/query", params={"prompt": "the king ", **params}).json()
+        assert full["backend"] == "exact" and "backend=exact" in full["permalink"]
+        assert full["blocks"] == api["blocks"] and full["hellinger"] == api["hellinger"]
+    page = client.get("/", params={"prompt": "the king ", "backend": "exact"})
+    assert "search: exact" in page.text
+    ivf = client.get("/api/query", params={"prompt": "the king ", "backend": "ivf"}).json()
+    assert ivf["backend"] == "ivf" and "backend=ivf" in ivf["permalink"]
+    assert client.get("/api/info").json()["backends"] == ["bound", "exact", "ivf"]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"backend": "annoy"}, "backend must be one of bound, exact, ivf"),
+    ({"backend": "bound", "exact": "1"}, "give one of them"),
+])
+def test_bad_backends_are_a_400(client, params, message):
+    r = client.get("/api/query", params={"prompt": "the king ", **params})
+    assert r.status_code == 400 and message in r.json()["detail"]
+    page = client.get("/", params={"prompt": "the king ", **params})
+    assert page.status_code == 400 and message in page.text
 
 
 def test_permalink_with_every_setting_reproduces_the_view(client):

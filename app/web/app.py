@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from .. import __version__
 from ..approx import Engine, QueryError, QueryResult
-from ..search import ExactSearch
+from ..search import available_backends, make_search
 from ..present import SORTS, block_dict, context, query_dict, visible
 from .params import ViewParams, parse, raw_params
 
@@ -25,24 +25,31 @@ VENDOR = ROOT / "static" / "vendor" / "htmx.min.js"
 
 
 class Explorer:
-    """What the app serves: one engine, a description of it, and a small cache of answers."""
+    """What the app serves: one engine (its search is the default backend), the same engine under
+    every other backend the store has (``backend=`` in a URL), a description, a small answer cache."""
 
     def __init__(self, engine: Engine, about: dict, cache_size: int = 64):
         self.engine, self.about = engine, about
-        # exact=1 in a URL: the full scan over the same store (a check on the default backend).
-        self.full_scan = (engine if engine.search.name == "exact" else
-                          engine.with_search(ExactSearch(engine.store, engine.device)))
+        self.engines = {engine.search.name: engine}
+        for name in available_backends(engine.store):
+            if name not in self.engines:
+                self.engines[name] = engine.with_search(make_search(engine.store, name, engine.device))
+        self.about = {**about, "backends": list(self.engines)}
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.cache_size = cache_size
 
     def query(self, vp: ViewParams) -> QueryResult:
-        key = (vp.prompt, repr(vp.settings), vp.exact)
+        engine = self.engines.get(vp.backend or self.engine.search.name)
+        if engine is None:
+            raise QueryError(f"this store has no {vp.backend} index; it has: {', '.join(self.engines)} "
+                             "(`ffnlens index` builds the others)")
+        key = (vp.prompt, repr(vp.settings), engine.search.name)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        res = (self.full_scan if vp.exact else self.engine).query(vp.prompt, vp.settings)
+        res = engine.query(vp.prompt, vp.settings)
         with self._lock:
             self._cache[key] = res
             while len(self._cache) > self.cache_size:

@@ -10,6 +10,7 @@ from fastapi import Query
 
 from ..approx import REFERENCE_THRESHOLDS, QueryError, QuerySettings
 
+BACKENDS = ("bound", "exact", "ivf")  # what a URL may ask for (the store may lack some)
 MAX_PROMPT = 1000  # characters accepted in a URL before the model's own context check
 
 
@@ -17,7 +18,7 @@ MAX_PROMPT = 1000  # characters accepted in a URL before the model's own context
 class ViewParams:
     prompt: str
     settings: QuerySettings  # thresholds/weights None: the store's defaults
-    exact: bool  # full scan instead of the default backend
+    backend: str | None  # "exact", "bound" or "ivf"; None: the explorer's default
     raw: dict  # the non-default parameters as given, for links and forms
 
     def query_string(self, **extra) -> str:
@@ -46,12 +47,15 @@ def raw_params(
     blend: str = Query("raw", description="'raw' (weight x summed counts) or 'normalised'"),
     exclude_self: str = Query("", description="1 to leave out the pool string equal to the prompt"),
     show: str = Query("10", description="neighbours listed per block panel"),
-    exact: str = Query("", description="1 to answer with the full scan instead of the bound index "
-                       "(the answers are identical; this checks it)"),
+    backend: str = Query("", description="search backend: 'bound' (exact, pruned; the default when "
+                         "built), 'exact' (full scan: the same answers, slower), 'ivf' (faiss, "
+                         "approximate); empty: the default"),
+    exact: str = Query("", description="1: the same as backend=exact"),
 ) -> dict:
     """The shared query parameters as given (FastAPI documents them from this signature)."""
     return {"prompt": prompt, "mode": mode, "thresholds": thresholds, "k": k, "weights": weights,
-            "blend": blend, "exclude_self": exclude_self, "show": show, "exact": exact}
+            "blend": blend, "exclude_self": exclude_self, "show": show, "backend": backend,
+            "exact": exact}
 
 
 def parse(p: dict) -> ViewParams:
@@ -91,9 +95,16 @@ def parse(p: dict) -> ViewParams:
     ex = exclude_self.lower() in ("1", "true", "on", "yes")
     if ex:
         raw["exclude_self"] = "1"
-    full = p.get("exact", "").lower() in ("1", "true", "on", "yes")
-    if full:
-        raw["exact"] = "1"
+    backend = p.get("backend", "").strip() or None
+    if p.get("exact", "").lower() in ("1", "true", "on", "yes"):
+        if backend not in (None, "exact"):
+            raise QueryError(f"exact=1 asks for the full scan, backend={backend[:20]!r} for another: "
+                             "give one of them")
+        backend = "exact"
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise QueryError(f"backend must be one of {', '.join(BACKENDS)}, not {backend[:20]!r}")
+        raw["backend"] = backend
     qs = QuerySettings(mode=mode, thresholds=ths, k=kk, weights=ws, blend=blend,
                        exclude_self=ex, show=n_show)
-    return ViewParams(prompt=prompt, settings=qs, exact=full, raw=raw)
+    return ViewParams(prompt=prompt, settings=qs, backend=backend, raw=raw)
