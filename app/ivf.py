@@ -42,7 +42,8 @@ from .store import Store, StoreError, ivf_names
 FLOAT_MARGIN = 1e-4  # the least rounding margin; see float_margin
 KINDS = ("sq8", "flat")
 MIN_PER_LIST = 39  # faiss's k-means wants at least 39 training points per centroid
-PROBE_FRACTION = 16  # default nprobe = nlist / 16
+PROBE_FRACTION = 16
+KMEANS_ITERATIONS = 10  # default nprobe = nlist / 16
 REBUILD = "run `ffnlens index` to build it again"
 
 
@@ -93,6 +94,10 @@ def fit_ivf(unit: np.ndarray, kind: str = "sq8", nlist: int | None = None, seed:
     else:
         index = faiss.IndexIVFFlat(quantizer, C, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
+    # Ten k-means iterations (faiss's IVF default, pinned here): the lists only route queries, every
+    # candidate is verified; at the reference shape (4,096 lists, 160k training rows, width 384)
+    # each iteration costs about 2.5e11 multiply-adds, several seconds on 2 cores.
+    index.cp.niter = KMEANS_ITERATIONS
     rng = np.random.default_rng(seed)
     n_train = min(P, sample or max(MIN_PER_LIST * nlist, 50000))
     rows = np.sort(rng.choice(P, n_train, replace=False))
