@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .search import (_EMPTY, ExactSearch, Neighbours, _best_of, _clamp_topk, _mask_excluded,
-                     as_tensor)
+                     as_tensor, batch_output)
 from .store import Store
 
 BOUND_MARGIN = 1e-4
@@ -157,7 +157,7 @@ class BoundSearch(ExactSearch):
         qi = torch.arange(B)[:, None].expand_as(cand)
         sims = self.pair_sims(b, Q, qi.reshape(-1), cand.reshape(-1)).reshape(B, m)
         sims[~torch.isfinite(cand_v)] = -float("inf")  # the excluded row, when it was read
-        out_q, out_r, out_s = [], [], []
+        answers = []
         n_cand = 0
         for i in range(B):
             ex = None if exclude is None or int(exclude[i]) < 0 else int(exclude[i])
@@ -173,13 +173,9 @@ class BoundSearch(ExactSearch):
             else:  # rare: the bound was too loose for this query; search it on its own
                 nb = self.topk(b, Q[i], k, ex)
                 n_cand += self.last_candidates[b]
-            out_q.append(np.full(len(nb), i, dtype=np.int64))
-            out_r.append(nb.rows)
-            out_s.append(nb.sims)
+            answers.append((i, nb))
         self.last_candidates[b] = n_cand
-        if not out_q:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return np.concatenate(out_q), np.concatenate(out_r), np.concatenate(out_s)
+        return batch_output(answers)
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         ub = self.bounds(b, q)

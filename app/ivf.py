@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .search import _EMPTY, ExactSearch, Neighbours, _best_of
+from .search import _EMPTY, ExactSearch, Neighbours, _best_of, batch_output
 from .store import Store, StoreError, ivf_names
 
 FLOAT_MARGIN = 1e-4  # the least rounding margin; see float_margin
@@ -261,7 +261,7 @@ class IVFSearch(ExactSearch):
         qi_t, rows_t = torch.from_numpy(qi_all[valid]), torch.from_numpy(cand[valid].astype(np.int64))
         sims = self.pair_sims(b, torch.from_numpy(Qn), qi_t, rows_t).numpy()
         starts = np.concatenate([[0], np.cumsum(valid.sum(1))])
-        out_q, out_r, out_s = [], [], []
+        answers = []
         n_cand, margin = 0, self.margins[b]
         for i in range(B):
             e = int(ex[i]) if 0 <= ex[i] < P else None
@@ -276,13 +276,9 @@ class IVFSearch(ExactSearch):
             else:  # rare: scores this close to the k-th; search this query on its own
                 nb = self.topk(b, torch.from_numpy(Qn[i]), k, e)
                 n_cand += self.last_candidates[b]
-            out_q.append(np.full(len(nb), i, dtype=np.int64))
-            out_r.append(nb.rows)
-            out_s.append(nb.sims)
+            answers.append((i, nb))
         self.last_candidates[b] = n_cand
-        if not out_q:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return np.concatenate(out_q), np.concatenate(out_r), np.concatenate(out_s)
+        return batch_output(answers)
 
 
 def read_ivf(path) -> object:

@@ -198,6 +198,15 @@ def _mask_excluded(S: torch.Tensor, exclude: torch.Tensor, start: int) -> None:
     S[idx, ex[idx] - start] = -float("inf")
 
 
+def batch_output(answers: list[tuple[int, Neighbours]]) -> tuple[np.ndarray, ...]:
+    """Per-query answers [(query index, Neighbours)] as a batch's (query index, row, sim) arrays."""
+    if not answers:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return (np.concatenate([np.full(len(nb), i, dtype=np.int64) for i, nb in answers]),
+            np.concatenate([nb.rows for _, nb in answers]),
+            np.concatenate([nb.sims for _, nb in answers]))
+
+
 def _EMPTY() -> Neighbours:
     return Neighbours(np.zeros(0, np.int64), np.zeros(0, np.float32))
 

@@ -51,20 +51,16 @@ def check_batches(full, bound, b, Q, thresholds, ks):
     """Batches through the bound equal single queries (bit for bit) and the full scan's batches."""
     B = Q.shape[0]
     exclude = torch.tensor([-1 if i % 2 else (3 * i) % full.store.size for i in range(B)])
-    for thr in thresholds:
-        got = per_query(bound.batch_threshold(b, Q, thr, exclude), B)
-        ref = per_query(full.batch_threshold(b, Q, thr, exclude), B)
+    cases = [("threshold", t) for t in thresholds] + [("topk", k) for k in ks]
+    for kind, arg in cases:
+        got = per_query(getattr(bound, f"batch_{kind}")(b, Q, arg, exclude), B)
+        ref = per_query(getattr(full, f"batch_{kind}")(b, Q, arg, exclude), B)
         for i in range(B):
             ex = None if exclude[i] < 0 else int(exclude[i])
-            same(got[i], bound.threshold(b, Q[i], thr, ex))
-            assert got[i].rows.tolist() == ref[i].rows.tolist()
-    for k in ks:
-        got = per_query(bound.batch_topk(b, Q, k, exclude), B)
-        ref = per_query(full.batch_topk(b, Q, k, exclude), B)
-        for i in range(B):
-            ex = None if exclude[i] < 0 else int(exclude[i])
-            same(got[i], bound.topk(b, Q[i], k, ex))
+            same(got[i], getattr(bound, kind)(b, Q[i], arg, ex))
             assert len(got[i]) == len(ref[i])
+            if kind == "threshold":
+                assert got[i].rows.tolist() == ref[i].rows.tolist()
 
 
 def check_all(store, k_rank, queries, thresholds, ks):
