@@ -68,32 +68,88 @@ def calibrate_thresholds(engine: Engine, n_prompts: int = 256, seed: int = 7,
     }
 
 
+def prompt_ids(store: Store, prompts) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts as pool rows (1-D) or token ids (2-D, (N, T)) -> ((N, T) ids, (N,) the pool row of
+    each prompt's last n characters, -1 where that string is not in the pool)."""
+    a = np.asarray(prompts)
+    if a.ndim == 1:
+        rows = a.astype(np.int64)
+        return store.pool.strings(store.corpus_ids, rows), rows.copy()
+    if a.ndim != 2:
+        raise ValueError(f"prompts must be pool rows (N,) or token ids (N, T), got shape {a.shape}")
+    ids = a.astype(np.int64)
+    self_rows = np.full(len(ids), -1, dtype=np.int64)
+    n = store.pool.n
+    if ids.shape[1] >= n:
+        for i in range(len(ids)):
+            r = store.find(ids[i, -n:])
+            if r is not None:
+                self_rows[i] = r
+    return ids, self_rows
+
+
+def block_counts(engine: Engine, block: int, Q: torch.Tensor, s: QuerySettings,
+                 exclude: torch.Tensor | None = None, self_rows: np.ndarray | None = None):
+    """One block's neighbours for a batch of unit queries Q (B, C) under resolved settings ``s``
+    -> (summed follow-on counts (B, V) int64, neighbour counts (B,) int64, self hits (B,) int64:
+    how many of a prompt's neighbours are its own pool string, 0 or 1)."""
+    store, B = engine.store, Q.shape[0]
+    if s.mode == "threshold":
+        qi, nb, _ = engine.search.batch_threshold(block, Q, s.thresholds[block], exclude)
+    else:
+        qi, nb, _ = engine.search.batch_topk(block, Q, s.k, exclude)
+    counts = store.counts.sum_rows_grouped(nb, qi, B)
+    sizes = np.bincount(qi, minlength=B).astype(np.int64)
+    if self_rows is None:
+        hits = np.zeros(B, dtype=np.int64)
+    else:
+        own = nb == np.asarray(self_rows, dtype=np.int64)[qi]
+        hits = np.bincount(qi[own], minlength=B).astype(np.int64)
+    return counts, sizes, hits
+
+
 def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = None,
-             batch_size: int = 256, progress: bool = True) -> dict:
-    """Approximation against the model on the pool strings ``rows`` run as prompts."""
+             batch_size: int = 256, progress: bool = True, *, keep: bool = False,
+             keep_counts: bool = False) -> dict:
+    """Approximation against the model on the pool strings ``rows`` run as prompts.
+
+    ``rows`` may also be a 2-D (N, T) array of token ids (for example validation strings absent
+    from a held-out pool); a prompt's "own string" is then the pool row of its last n characters,
+    when there is one (what ``exclude_self`` leaves out).
+
+    ``keep=True`` adds ``"arrays"`` with per-prompt numpy arrays: ``model_probs`` (N, V),
+    ``approx`` (N, V) (the unigram where no block found a neighbour), ``sizes`` (N, L) neighbour
+    counts, ``self_only`` (N, L) (the block's neighbour set is exactly the prompt's own string),
+    ``self_rows`` (N,) (-1: not in the pool), ``fallback`` (N,), ``agree`` ({k: {"order", "set"}}
+    of (N,) bools), and with ``keep_counts=True`` also ``counts`` (N, L, V) float64, each block's
+    summed follow-on counts. Without ``keep`` the result is as before (arrays are not JSON).
+    """
     store = engine.store
     s = (settings or QuerySettings()).resolved(store)
     L, V = store.n_layer, store.counts.vocab_size
-    H = np.zeros(len(rows))
-    agree = {k: {"order": np.zeros(len(rows), bool), "set": np.zeros(len(rows), bool)} for k in TOPK}
-    sizes = np.zeros((len(rows), L), dtype=np.int64)
-    fallback = np.zeros(len(rows), bool)
+    all_ids, self_rows = prompt_ids(store, rows)
+    N = len(all_ids)
+    H = np.zeros(N)
+    agree = {k: {"order": np.zeros(N, bool), "set": np.zeros(N, bool)} for k in TOPK}
+    sizes = np.zeros((N, L), dtype=np.int64)
+    self_hits = np.zeros((N, L), dtype=np.int64)
+    fallback = np.zeros(N, bool)
+    if keep:
+        model_all, approx_all = np.zeros((N, V)), np.zeros((N, V))
+        counts_all = np.zeros((N, L, V)) if keep_counts else None
     t0 = time.time()
-    bar = tqdm(total=len(rows), desc="eval", unit="prompt", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(rows), batch_size):
-        r = rows[start : start + batch_size]
-        B = len(r)
-        probs, ffn = engine.forward(store.pool.strings(store.corpus_ids, r))
-        exclude = torch.from_numpy(r) if s.exclude_self else None
+    bar = tqdm(total=N, desc="eval", unit="prompt", disable=not progress, dynamic_ncols=True)
+    for start in range(0, N, batch_size):
+        sr = self_rows[start : start + batch_size]
+        B = len(sr)
+        probs, ffn = engine.forward(all_ids[start : start + B])
+        exclude = torch.from_numpy(sr.copy()) if s.exclude_self else None
         counts = np.zeros((B, L, V), dtype=np.float64)
         for b in range(L):
-            Q = unit(ffn[b])
-            if s.mode == "threshold":
-                qi, nb, _ = engine.search.batch_threshold(b, Q, s.thresholds[b], exclude)
-            else:
-                qi, nb, _ = engine.search.batch_topk(b, Q, s.k, exclude)
-            counts[:, b] = store.counts.sum_rows_grouped(nb, qi, B)
-            sizes[start : start + B, b] = np.bincount(qi, minlength=B)
+            c, n, h = block_counts(engine, b, unit(ffn[b]), s, exclude, sr)
+            counts[:, b] = c
+            sizes[start : start + B, b] = n
+            self_hits[start : start + B, b] = h
         approx, _, _ = blend(counts, np.asarray(s.weights), s.blend)
         empty = approx.sum(-1) == 0
         approx[empty] = engine.unigram
@@ -104,11 +160,15 @@ def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = 
             for k in TOPK:
                 agree[k]["order"][start + i] = (rp[:k] == rq[:k]).all()
                 agree[k]["set"][start + i] = set(rp[:k]) == set(rq[:k])
+        if keep:
+            model_all[start : start + B], approx_all[start : start + B] = probs, approx
+            if keep_counts:
+                counts_all[start : start + B] = counts
         bar.update(B)
     bar.close()
-    seconds = time.time() - t0
-    return {
-        "prompts": int(len(rows)),
+    seconds = max(time.time() - t0, 1e-9)
+    out = {
+        "prompts": int(N),
         "settings": asdict(s),
         "backend": engine.search.name,
         "hellinger": {"mean": float(H.mean()), "std": float(H.std()), "min": float(H.min()),
@@ -121,6 +181,15 @@ def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = 
                        "empty_share": (sizes == 0).mean(0).round(4).tolist()},
         "fallback_share": float(fallback.mean()),
         "seconds": round(seconds, 2),
-        "prompts_per_s": round(len(rows) / seconds, 1),
+        "prompts_per_s": round(N / seconds, 1),
         "per_prompt_h": H,
     }
+    if keep:
+        out["arrays"] = {
+            "model_probs": model_all, "approx": approx_all, "sizes": sizes,
+            "self_only": (sizes == 1) & (self_hits == 1), "self_rows": self_rows,
+            "fallback": fallback, "agree": agree,
+        }
+        if keep_counts:
+            out["arrays"]["counts"] = counts_all
+    return out

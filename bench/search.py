@@ -166,6 +166,7 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=20000)
     ap.add_argument("--eval-full-prompts", type=int, default=512)
     ap.add_argument("--server-queries", type=int, default=300)
+    ap.add_argument("--nprobe", type=int, default=None, help="ivf lists per query (default: the manifest's)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: blocks,eval,server")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     a = ap.parse_args()
@@ -178,6 +179,8 @@ def main() -> None:
     backends = {"exact": make_search(store, "exact"), "bound": engine.search}
     if "ivf" in store.manifest:
         backends["ivf"] = make_search(store, "ivf")
+        if a.nprobe:
+            backends["ivf"].nprobe = a.nprobe
     engines = {n: engine.with_search(s) for n, s in backends.items()}
     rng = np.random.default_rng(0)
     starts = rng.integers(ws.corpus.n_train, len(ws.ids) - 10, a.prompts)
@@ -185,7 +188,9 @@ def main() -> None:
     few = prompts[: a.full_prompts]
     print(f"store {store.path.name}: {P:,} strings x {L} blocks x {C} (float16); "
           f"{torch.get_num_threads()} threads; {a.prompts} validation prompts "
-          f"(full scan on the first {len(few)}); backends: {', '.join(backends)}")
+          f"(full scan on the first {len(few)}); backends: {', '.join(backends)}"
+          + (f" (ivf: {store.manifest['ivf']['kind']}, {backends['ivf'].nlist} lists, nprobe "
+             f"{backends['ivf'].nprobe})" if "ivf" in backends else ""))
 
     floor = streaming_floor(store.unit[L // 2])
     flops = sgemm_flops(C)
