@@ -115,6 +115,39 @@ def time_queries(engine, prompts, qs) -> tuple[list, list]:
     return ts, res
 
 
+def sweep_nprobe(engine, ivf, prompts, values, k) -> int:
+    """ivf recall against the bound (exact) and time per block for each nprobe, in threshold and
+    top-k modes; returns the smallest nprobe whose mean recall reaches 0.99 in both."""
+    store, L = engine.store, engine.store.n_layer
+    modes = [QuerySettings().resolved(store), QuerySettings(mode="topk", k=k).resolved(store)]
+    qs_all = [unit(engine.forward(engine.encode(p))[1]) for p in prompts]
+    truth = [[[set((engine.search.threshold(b, q[b], s.thresholds[b]) if s.mode == "threshold"
+                    else engine.search.topk(b, q[b], s.k)).rows.tolist()) for b in range(L)]
+              for q in qs_all] for s in modes]
+    print(f"ivf nprobe sweep on {len(prompts)} prompts (recall against exact; ms per block p50/p95):")
+    chosen = None
+    for n in [v for v in values if v <= ivf.nlist]:
+        ivf.nprobe = n
+        row = []
+        for s, tr in zip(modes, truth):
+            rec, ts = [], []
+            for q, t_ in zip(qs_all, tr):
+                for b in range(L):
+                    t = time.perf_counter()
+                    nb = ivf.threshold(b, q[b], s.thresholds[b]) if s.mode == "threshold" else ivf.topk(b, q[b], s.k)
+                    ts.append(time.perf_counter() - t)
+                    rec.append(len(t_[b] & set(nb.rows.tolist())) / len(t_[b]) if t_[b] else 1.0)
+            row.append((float(np.mean(rec)), ms(ts, 50), ms(ts, 95)))
+        print(f"  nprobe {n:>5}: " + "; ".join(f"{s.mode} recall {r:.4f}, {p50:.1f}/{p95:.1f} ms"
+                                              for s, (r, p50, p95) in zip(modes, row)))
+        if chosen is None and all(r >= 0.99 for r, _, _ in row):
+            chosen = n
+    chosen = chosen or max(values)
+    print(f"  chosen nprobe: {chosen}")
+    RESULTS["nprobe"] = chosen
+    return min(chosen, ivf.nlist)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,7 +199,11 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=20000)
     ap.add_argument("--eval-full-prompts", type=int, default=512)
     ap.add_argument("--server-queries", type=int, default=300)
-    ap.add_argument("--nprobe", type=int, default=None, help="ivf lists per query (default: the manifest's)")
+    ap.add_argument("--nprobe", default=None,
+                    help="ivf lists per query: a number, or 'auto' (the smallest of --sweep whose "
+                         "recall reaches 0.99 in both modes); default: the manifest's")
+    ap.add_argument("--sweep", default="32,64,128,256,512,1024",
+                    help="nprobe values tried on 200 prompts when --nprobe auto")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: blocks,eval,server")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     a = ap.parse_args()
@@ -176,15 +213,18 @@ def main() -> None:
     engine = open_engine(ws, backend="bound", progress=False)
     store = engine.store
     L, P, C = store.unit.shape
-    backends = {"exact": make_search(store, "exact"), "bound": engine.search}
-    if "ivf" in store.manifest:
-        backends["ivf"] = make_search(store, "ivf")
-        if a.nprobe:
-            backends["ivf"].nprobe = a.nprobe
-    engines = {n: engine.with_search(s) for n, s in backends.items()}
     rng = np.random.default_rng(0)
     starts = rng.integers(ws.corpus.n_train, len(ws.ids) - 10, a.prompts)
     prompts = [ws.tok.decode(ws.ids[s : s + 10]) for s in starts]
+    backends = {"exact": make_search(store, "exact"), "bound": engine.search}
+    if "ivf" in store.manifest:
+        backends["ivf"] = make_search(store, "ivf")
+        if a.nprobe == "auto":
+            backends["ivf"].nprobe = sweep_nprobe(engine, backends["ivf"], prompts[:200],
+                                                  [int(x) for x in a.sweep.split(",")], a.k)
+        elif a.nprobe:
+            backends["ivf"].nprobe = int(a.nprobe)
+    engines = {n: engine.with_search(s) for n, s in backends.items()}
     few = prompts[: a.full_prompts]
     print(f"store {store.path.name}: {P:,} strings x {L} blocks x {C} (float16); "
           f"{torch.get_num_threads()} threads; {a.prompts} validation prompts "
