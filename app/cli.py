@@ -106,7 +106,7 @@ def _engine(args, settings: Settings):
     ws = _workspace(args, settings)
     if args.exact and args.backend not in ("auto", "exact"):
         raise UsageError(f"--exact asks for the full scan, --backend {args.backend} for another: give one")
-    return open_engine(ws, backend="exact" if args.exact else args.backend, build=args.build,
+    return ws, open_engine(ws, backend="exact" if args.exact else args.backend, build=args.build,
                        progress=not args.quiet)
 
 
@@ -114,7 +114,7 @@ def cmd_query(args, settings: Settings) -> int:
     from .present import query_dict, query_text
 
     qs = _settings_from_args(args)
-    engine = _engine(args, settings)
+    _, engine = _engine(args, settings)
     res = engine.query(args.prompt, qs)
     d = query_dict(res, engine.store, engine.tok.chars)
     print(json.dumps(d, indent=2, ensure_ascii=False) if args.json else query_text(d))
@@ -126,13 +126,52 @@ def cmd_eval(args, settings: Settings) -> int:
     from .present import eval_text
 
     qs = _settings_from_args(args)
-    engine = _engine(args, settings)
+    ws, engine = _engine(args, settings)
+    if args.report is not None:
+        return _report(args, settings, ws, engine, qs)
     rows = reference_prompts(engine.store, args.prompts, args.seed)
     r = evaluate(engine, rows, qs, batch_size=args.batch_size, progress=not args.quiet)
     r.pop("per_prompt_h")
     r["seed"] = args.seed
     print(json.dumps(r, indent=2) if args.json else eval_text(r))
     return 0
+
+
+def _report(args, settings: Settings, ws, engine, qs) -> int:
+    """``eval --report``: the approximation and every baseline on one prompt set, as a report."""
+    from dataclasses import replace
+
+    from .baselines import standard_baselines
+    from .evaluate import heldout_prompts, reference_prompts
+    from .report import build_report, write_report
+    from .workspace import about
+
+    store = engine.store
+    if args.pool == "heldout":
+        prompts = heldout_prompts(store, ws.corpus.n_train, args.prompts, args.seed)
+        if len(prompts) == 0:
+            raise UsageError("no validation string is absent from the pool: the corpus is too small "
+                             "for a held-out evaluation")
+        qs = replace(qs, exclude_self=True)
+        text, label = ws.ids[: ws.corpus.n_train], "held-out"
+    else:
+        prompts, text, label = reference_prompts(store, args.prompts, args.seed), ws.ids, "reference"
+    baselines = standard_baselines(engine.model, text, len(engine.tok), engine.device)
+    report, figures = build_report(engine, prompts, qs, baselines, label, about=about(ws, engine),
+                                   progress=not args.quiet, backend=None if args.backend == "auto"
+                                   else args.backend, extra={"seed": args.seed})
+    out = Path(args.report) if args.report else reports_dir(settings, ws.store_dir) / label
+    page = write_report(out, report, figures)
+    h = report["headline"]
+    print(f"{label} report on {len(prompts):,} prompts written to {page}")
+    for name, row in h.items():
+        print(f"  {name:<16} Hellinger mean {row['hellinger']['mean']:.4f}  top-1 {row['topk']['1']['order']:.3f}")
+    return 0
+
+
+def reports_dir(settings: Settings, store_dir: Path) -> Path:
+    """Where ``eval --report`` writes a store's reports, one folder per mode (the explorer serves them)."""
+    return settings.home / "reports" / store_dir.name
 
 
 def cmd_serve(args, settings: Settings) -> int:
@@ -146,7 +185,7 @@ def cmd_serve(args, settings: Settings) -> int:
     t0 = time.time()
     ws = _workspace(args, settings)
     engine = open_engine(ws, build=True, progress=not args.quiet)
-    app = create_app(engine, about(ws, engine))
+    app = create_app(engine, about(ws, engine), reports=reports_dir(settings, ws.store_dir))
     print(f"ffnlens: {ws.spec.model_name} on {ws.corpus.name} ready in {time.time() - t0:.1f} s; "
           f"serving http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -252,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompts", type=int, default=2000)
     e.add_argument("--seed", type=int, default=1337)
     e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
+                   help="write a report (JSON, SVG figures, HTML page served at /report) comparing "
+                        "the approximation with the n-gram, unigram and logit-lens baselines; with "
+                        "--pool heldout, on validation strings absent from the pool, self-excluded "
+                        "(default DIR: $FFNLENS_HOME/reports/STORE/MODE)")
     e.set_defaults(func=cmd_eval)
     return p
 

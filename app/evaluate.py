@@ -68,6 +68,27 @@ def calibrate_thresholds(engine: Engine, n_prompts: int = 256, seed: int = 7,
     }
 
 
+def heldout_prompts(store: Store, n_train: int, n: int, seed: int = 1337) -> np.ndarray:
+    """METHOD.md's held-out prompts: distinct n-character strings that start in the validation part
+    of the corpus (at or after ``n_train``) and are absent from the store's pool; ``n`` of them
+    chosen by ``torch.manual_seed(seed); torch.randperm``. Returns (n, pool n) token ids."""
+    from .corpus import string_keys
+
+    ids, width = store.corpus_ids, store.pool.n
+    starts = np.arange(n_train, len(ids) - width + 1)
+    if len(starts) == 0:
+        return np.zeros((0, width), dtype=np.int64)
+    strings = ids[starts[:, None] + np.arange(width)]
+    keys = string_keys(strings, len(store.manifest["vocab"]))
+    pool_keys = string_keys(store.pool.strings(store.corpus_ids), len(store.manifest["vocab"]))
+    fresh = ~np.isin(keys, pool_keys)
+    _, first = np.unique(keys[fresh], return_index=True)
+    cand = strings[fresh][np.sort(first)]
+    torch.manual_seed(seed)
+    pick = torch.randperm(len(cand))[: min(n, len(cand))].numpy()
+    return cand[pick].astype(np.int64)
+
+
 def prompt_ids(store: Store, prompts) -> tuple[np.ndarray, np.ndarray]:
     """Prompts as pool rows (1-D) or token ids (2-D, (N, T)) -> ((N, T) ids, (N,) the pool row of
     each prompt's last n characters, -1 where that string is not in the pool)."""

@@ -105,3 +105,41 @@ def test_index_adds_missing_indexes_to_a_store(cli, engine, tmp_path):
     assert "added the bound index" in out and "added the ivf index" in out
     assert "backend ivf" in cli("query", "the king ", "--store", dst, "--backend", "ivf", check=0).stdout
     assert "store already built" in cli("index", "--store", dst, "--quiet", check=0).stdout
+
+
+def test_eval_writes_reports_the_explorer_serves(cli, engine, workspace, settings, micro_model_dir,
+                                                 micro_corpus, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.web import create_app
+    from app.workspace import about
+
+    reports = tmp_path / "reports"
+    ref = cli("eval", "--prompts", "40", "--quiet", "--report", reports / "reference", check=0).stdout
+    held = cli("eval", "--prompts", "30", "--quiet", "--pool", "heldout", "--build", "--report",
+               reports / "held-out", check=0).stdout
+    for out, mode in ((ref, "reference"), (held, "held-out")):
+        assert f"{mode} report on" in out and "ngram" in out and "unigram" in out
+        assert (reports / mode / "report.html").exists() and list((reports / mode / "figures").glob("*.svg"))
+    client = TestClient(create_app(engine, about(workspace, engine), reports=reports))
+    for mode in ("reference", "held-out"):
+        page = client.get("/report", params={"mode": mode})
+        data = client.get("/api/report", params={"mode": mode}).json()
+        assert page.status_code == 200 and "ngram" in page.text
+        assert f"{data['headline']['approximation']['hellinger']['mean']:.3f}" in page.text
+        # the report's links open the very prompts it names
+        for e in data["interesting"]["worst"][:2]:
+            got = client.get("/api" + e["url"].replace("/?", "/query?", 1)).json()
+            assert got["prompt"] == e["prompt"]
+    from app.store import open_store
+    from app.workspace import open_workspace
+
+    ws = open_workspace(settings, model=str(micro_model_dir), corpus=str(micro_corpus), mode="heldout")
+    heldout = open_store(ws.store_dir, ws.spec, corpus_ids=ws.ids)
+    held_prompts = [e["prompt"] for k in ("worst", "best") for e in data["interesting"][k]]
+    assert held_prompts and all(heldout.find(engine.tok.encode(p)) is None for p in held_prompts)
+    assert all(engine.store.find(engine.tok.encode(p)) is not None for p in held_prompts)
+    assert client.get("/report", params={"mode": "nope"}).status_code == 400
+    empty = TestClient(create_app(engine, about(workspace, engine), reports=tmp_path / "none"))
+    r = empty.get("/report")
+    assert r.status_code == 404 and "ffnlens eval --report" in r.text

@@ -67,7 +67,9 @@ class Explorer:
                 "rule_text": st.defaults.get("rule_text", "")}
 
 
-def create_app(engine: Engine, about: dict | None = None) -> FastAPI:
+def create_app(engine: Engine, about: dict | None = None, reports: Path | None = None) -> FastAPI:
+    """The explorer over ``engine``; ``reports``: the folder where ``ffnlens eval --report`` writes
+    this store's reports (one subfolder per mode), served at /report."""
     app = FastAPI(
         title="ffnlens",
         version=__version__,
@@ -198,6 +200,37 @@ def create_app(engine: Engine, about: dict | None = None) -> FastAPI:
         if err:
             return JSONResponse({"detail": err}, status_code=400)
         return c
+
+    def find_report(mode: str):
+        """(report folder, None) or (None, (message, status))."""
+        have = sorted(p.parent.name for p in reports.glob("*/report.json")) if reports else []
+        if not have:
+            return None, ("no report for this store yet: run `ffnlens eval --report` (add `--pool "
+                          "heldout` for the held-out mode) with this model and corpus", 404)
+        if mode and mode not in have:
+            return None, (f"mode must be one of {', '.join(have)}, not {mode[:20]!r}", 400)
+        return reports / (mode or ("reference" if "reference" in have else have[0])), None
+
+    @app.get("/report", response_class=HTMLResponse,
+             summary="The evaluation report: the approximation against every baseline (JSON twin: /api/report)")
+    def report_page(request: Request, mode: str = Query("", description="'reference' or 'held-out'"),
+                    ex: Explorer = Depends(get_explorer)):
+        from ..report import load_report, render_html
+
+        folder, err = find_report(mode)
+        if err:
+            return templates.TemplateResponse(request, "error.html", {"error": err[0], "about": ex.about},
+                                              status_code=err[1])
+        return HTMLResponse(render_html(*load_report(folder)))
+
+    @app.get("/api/report", summary="The evaluation report as data")
+    def api_report(mode: str = Query("", description="'reference' or 'held-out'")):
+        from ..report import load_report
+
+        folder, err = find_report(mode)
+        if err:
+            return JSONResponse({"detail": err[0]}, status_code=err[1])
+        return load_report(folder)[0]
 
     @app.get("/api/info", summary="The model, corpus and store being served, and their defaults")
     def api_info(ex: Explorer = Depends(get_explorer)):
