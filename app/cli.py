@@ -157,6 +157,7 @@ def _report(args, settings: Settings, ws, engine, qs) -> int:
     else:
         prompts, text, label = reference_prompts(store, args.prompts, args.seed), ws.ids, "reference"
     baselines = standard_baselines(engine.model, text, len(engine.tok), engine.device)
+    baselines.update(seed_models(ws, engine.device))
     report, figures = build_report(engine, prompts, qs, baselines, label, about=about(ws, engine),
                                    progress=not args.quiet, backend=None if args.backend == "auto"
                                    else args.backend, extra={"seed": args.seed})
@@ -167,6 +168,21 @@ def _report(args, settings: Settings, ws, engine, qs) -> int:
     for name, row in h.items():
         print(f"  {name:<16} Hellinger mean {row['hellinger']['mean']:.4f}  top-1 {row['topk']['1']['order']:.3f}")
     return 0
+
+
+def seed_models(ws, device: str) -> dict:
+    """METHOD.md's noise floor: the committed models NAME-seedN (the same recipe, other seeds, the
+    same corpus and vocabulary) as baselines named seed-N, each answering with its own softmax."""
+    from model.checkpoint import COMMITTED, load_model
+
+    from .baselines import LogitLens
+
+    out = {}
+    for cfg in sorted(COMMITTED.glob(f"{ws.spec.model_name}-seed*/config.json")):
+        model, tok, info = load_model(cfg.parent, device=device)
+        if tok.chars == ws.tok.chars and info["corpus"]["sha256"] == ws.model_info["corpus"]["sha256"]:
+            out[f"seed-{cfg.parent.name.rsplit('-seed', 1)[1]}"] = LogitLens(model, -1, device)
+    return out
 
 
 def reports_dir(settings: Settings, store_dir: Path) -> Path:

@@ -530,7 +530,8 @@ def build_report(engine: Engine, prompts, settings: QuerySettings | None = None,
                  split_seed: int = 0, sweep_prompts: int = 256, sweep_block: int | None = None,
                  sweep_values=None, n_interesting: int = 5, fit_steps: int = 300,
                  batch_size: int = 256, progress: bool = False, backend: str | None = None,
-                 published: bool | None = None, extra: dict | None = None) -> tuple[dict, dict]:
+                 published: bool | None = None, extra: dict | None = None,
+                 single_blocks: bool = True) -> tuple[dict, dict]:
     """Evaluate ``prompts`` (pool rows (N,) or token ids (N, T)) under ``settings`` and compare
     the approximation with every baseline (name -> an object with ``distributions(ids)``, or a
     ready (N, V) array), for one mode (``mode_label``, e.g. "reference" or "held-out").
@@ -542,7 +543,8 @@ def build_report(engine: Engine, prompts, settings: QuerySettings | None = None,
     sweep of the dominant block on the tuning split (threshold mode only), interesting prompts with
     permalinks under ``base_url`` (``backend`` is added to them when given), and METHOD.md's
     published figures when ``published`` (default: when the mode label starts with "reference").
-    ``about``: workspace.about(...) for the page header; ``extra``: any more JSON to keep."""
+    ``about``: workspace.about(...) for the page header; ``extra``: any more JSON to keep;
+    ``single_blocks``: add each block's own neighbours alone as a method ("block-b-alone")."""
     store = engine.store
     s = (settings or QuerySettings()).resolved(store)
     defaults = QuerySettings().resolved(store)
@@ -560,6 +562,10 @@ def build_report(engine: Engine, prompts, settings: QuerySettings | None = None,
         if name == APPROX:
             raise ValueError(f"{APPROX!r} names the approximation; give the baseline another name")
         dists[name] = _distributions(bl, ids, N, V)
+    if single_blocks:  # each block's neighbours alone (its summed follow-on counts, normalised)
+        for b in range(L):
+            dists[f"block-{b}-alone"] = blended(arr["counts"][:, b : b + 1], [1.0], "raw",
+                                                engine.unigram)
     methods = list(dists)
     colors = method_colors(methods)
 

@@ -1,6 +1,7 @@
 """Every committed model loads, matches its recorded hash, and still writes its recorded text."""
 import json
 
+import numpy as np
 import pytest
 
 from model.card import SAMPLE_CHARS, greedy_samples
@@ -31,3 +32,15 @@ def test_default_model_was_trained_on_the_default_corpus():
 
     _, _, info = load_model("tiny")
     assert info["corpus"]["sha256"] == default_corpus().sha256
+
+
+def test_the_noise_floor_models_answer_as_baselines_for_tiny(settings):
+    from app.cli import seed_models
+    from app.workspace import open_workspace
+
+    ws = open_workspace(settings, model="tiny")
+    seeds = seed_models(ws, "cpu")
+    assert sorted(seeds) == ["seed-1442", "seed-88", "seed-99999"]
+    prompt = ws.ids[None, 1000:1010]
+    p88, p1442 = seeds["seed-88"].distributions(prompt), seeds["seed-1442"].distributions(prompt)
+    assert abs(p88.sum() - 1) < 1e-9 and not np.allclose(p88, p1442)

@@ -280,6 +280,13 @@ def test_build_and_write_report(engine, tmp_path):
     assert report["headline"][APPROX]["hellinger"]["mean"] == pytest.approx(ev["hellinger"]["mean"])
     assert report["headline"][APPROX]["topk"] == ev["topk"]
     assert report["identical_to_model"] == [f"logit-lens-{L - 1}"]
+    # Each block alone: its neighbours' summed counts, normalised (the unigram where it has none).
+    for b in (0, L - 1):
+        c = arr["counts"][:, b]
+        tot = c.sum(-1, keepdims=True)
+        alone = np.where(tot > 0, c / np.maximum(tot, 1), engine.unigram)
+        assert np.allclose(report["per_prompt"]["hellinger"][f"block-{b}-alone"],
+                           hellinger(arr["model_probs"], alone))
     assert report["headline"]["unigram"]["hellinger"]["mean"] > 0
 
     # The sweep equals evaluate() with the block's threshold replaced.
@@ -314,7 +321,8 @@ def test_build_and_write_report(engine, tmp_path):
     page = write_report(tmp_path / "rep", report, figs)
     assert page == tmp_path / "rep" / "report.html"
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert data["headline"][APPROX]["prompts"] == 48 and set(data["methods"]) == {APPROX, *baselines}
+    alone = {f"block-{b}-alone" for b in range(L)}
+    assert data["headline"][APPROX]["prompts"] == 48 and set(data["methods"]) == {APPROX, *baselines, *alone}
     for name in ("hellinger", "topk", "strata", "neighbours", "weights", "sweep"):
         ET.fromstring((tmp_path / "rep" / "figures" / f"{name}.svg").read_text())
     html = page.read_text()
