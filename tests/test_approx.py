@@ -58,7 +58,10 @@ def test_self_exclusion(engine):
     store = engine.store
     text = "".join(engine.tok.chars[i] for i in store.pool.strings(store.corpus_ids, [30])[0])
     res = engine.query(text, QuerySettings(mode="topk", k=3))
-    assert all(b.neighbours.rows[0] == 30 for b in res.blocks)  # finds itself at cosine ~1
+    # It finds itself at cosine ~1 (not always first: another string's float16 vector can round
+    # closer to the prompt's own float32 output than its stored copy does).
+    assert all(30 in b.neighbours.rows[:3] for b in res.blocks)
+    assert all(b.neighbours.sims[list(b.neighbours.rows).index(30)] > 0.999 for b in res.blocks)
     res = engine.query(text, QuerySettings(mode="topk", k=3, exclude_self=True))
     assert all(30 not in b.neighbours.rows for b in res.blocks)
 
