@@ -122,6 +122,8 @@ class Engine:
 
     def __init__(self, model: GPT, tok: CharTokenizer, store: Store, search, device: str = "cpu"):
         self.model, self.tok, self.store, self.search, self.device = model, tok, store, search, device
+        # The per-block output the store holds (the method's FFN output unless built otherwise).
+        self.activation = store.manifest.get("activation", "ffn")
         totals = store.counts.sum_rows(np.arange(store.size))
         self.unigram = totals / max(1, totals.sum())
 
@@ -151,7 +153,7 @@ class Engine:
         trace = Trace(last_position=True)
         logits, _ = self.model(idx, trace=trace, last_only=True)
         probs = torch.softmax(logits[:, -1].double(), -1).cpu().numpy()
-        ffn = torch.stack([f[:, -1].float() for f in trace.ffn])
+        ffn = torch.stack([f[:, -1].float() for f in getattr(trace, self.activation)])
         return (probs[0], ffn[:, 0]) if ids.ndim == 1 else (probs, ffn)
 
     def query(self, prompt: str, settings: QuerySettings | None = None) -> QueryResult:

@@ -394,3 +394,18 @@ def standard_baselines(model: GPT, corpus_ids: np.ndarray, vocab_size: int, devi
     for b in range(model.cfg.n_layer):
         out[f"logit-lens-{b}"] = LogitLens(model, b, device)
     return out
+
+
+class StoreBaseline:
+    """The approximation computed on another store of the same model and pool (for example the
+    attention outputs or the residual stream instead of the FFN outputs) as a baseline."""
+
+    def __init__(self, engine, settings):
+        self.engine, self.settings = engine, settings
+        self.name = f"neighbours-{engine.activation}"
+
+    def distributions(self, prompts_ids) -> np.ndarray:
+        from .evaluate import evaluate
+
+        ev = evaluate(self.engine, np.asarray(prompts_ids), self.settings, progress=False, keep=True)
+        return ev["arrays"]["approx"]

@@ -53,7 +53,7 @@ def _workspace(args, settings: Settings):
     from .workspace import open_workspace
 
     return open_workspace(settings, model=args.model, corpus=args.corpus, n=args.n, mode=args.pool,
-                          store=args.store, device=args.device,
+                          store=args.store, device=args.device, activation=args.activation,
                           allow_other_corpus=args.allow_other_corpus)
 
 
@@ -158,6 +158,7 @@ def _report(args, settings: Settings, ws, engine, qs) -> int:
         prompts, text, label = reference_prompts(store, args.prompts, args.seed), ws.ids, "reference"
     baselines = standard_baselines(engine.model, text, len(engine.tok), engine.device)
     baselines.update(seed_models(ws, engine.device))
+    baselines.update(other_activations(settings, args, ws, qs))
     report, figures = build_report(engine, prompts, qs, baselines, label, about=about(ws, engine),
                                    progress=not args.quiet, backend=None if args.backend == "auto"
                                    else args.backend, extra={"seed": args.seed})
@@ -182,6 +183,31 @@ def seed_models(ws, device: str) -> dict:
         model, tok, info = load_model(cfg.parent, device=device)
         if tok.chars == ws.tok.chars and info["corpus"]["sha256"] == ws.model_info["corpus"]["sha256"]:
             out[f"seed-{cfg.parent.name.rsplit('-seed', 1)[1]}"] = LogitLens(model, -1, device)
+    return out
+
+
+def other_activations(settings: Settings, args, ws, qs) -> dict:
+    """Neighbours found on the attention output or the residual stream instead of the FFN output,
+    for each such store already built for this model, corpus and pool (`ffnlens index
+    --activation attn|resid`), under the same settings but that store's calibrated thresholds."""
+    from dataclasses import replace
+
+    from .baselines import StoreBaseline
+    from .store import StoreError
+    from .workspace import open_engine, open_workspace
+
+    out = {}
+    for act in ("attn", "resid"):
+        if act == ws.spec.activation:
+            continue
+        other = open_workspace(settings, model=args.model, corpus=args.corpus, n=args.n,
+                               mode=args.pool, device=args.device, activation=act,
+                               allow_other_corpus=args.allow_other_corpus)
+        try:
+            eng = open_engine(other, progress=False)
+        except StoreError:
+            continue
+        out[f"neighbours-{act}"] = StoreBaseline(eng, replace(qs, thresholds=None))
     return out
 
 
@@ -219,6 +245,9 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default="reference", choices=["reference", "heldout"],
                    help="pool from the whole text (reference) or the training split (heldout)")
     p.add_argument("--store", default=None, help="store directory (default: under $FFNLENS_HOME)")
+    p.add_argument("--activation", default="ffn", choices=["ffn", "attn", "resid"],
+                   help="the per-block output stored and searched: the FFN output (the method), the "
+                        "attention output or the residual stream after the block (baselines)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -62,14 +62,18 @@ class StoreSpec:
     n: int = 10
     mode: str = "reference"
     dtype: str = "float16"
+    activation: str = "ffn"  # which per-block output is stored: "ffn" (the method), "attn", "resid"
 
     def identity(self) -> dict:
-        return {"model_sha256": self.model_sha256, "corpus_sha256": self.corpus_sha256,
-                "n": self.n, "mode": self.mode, "dtype": self.dtype}
+        ident = {"model_sha256": self.model_sha256, "corpus_sha256": self.corpus_sha256,
+                 "n": self.n, "mode": self.mode, "dtype": self.dtype}
+        if self.activation != "ffn":  # FFN stores keep the identity they had before the option
+            ident["activation"] = self.activation
+        return ident
 
     def dirname(self) -> str:
         return (f"{self.model_name}-{self.model_sha256[:8]}-{self.corpus_sha256[:8]}"
-                f"-n{self.n}-{self.mode}")
+                f"-n{self.n}-{self.mode}" + ("" if self.activation == "ffn" else f"-{self.activation}"))
 
 
 def _write_json(path: Path, obj) -> None:
@@ -86,12 +90,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+ACTIVATIONS = ("ffn", "attn", "resid")  # Trace fields: FFN output, attention output, residual after
+
+
 @torch.inference_mode()
-def ffn_last(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """(B, T) ids -> (n_layer, B, C) float32: each block's FFN output at the last position."""
+def ffn_last(model: GPT, idx: torch.Tensor, activation: str = "ffn") -> torch.Tensor:
+    """(B, T) ids -> (n_layer, B, C) float32: each block's FFN output (or its attention output, or
+    the residual stream after it) at the last position."""
     trace = Trace(last_position=True)
     model(idx, trace=trace, last_only=True, skip_head=True)
-    return torch.stack([f[:, -1].float() for f in trace.ffn])
+    return torch.stack([f[:, -1].float() for f in getattr(trace, activation)])
 
 
 def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, device: str = "cpu",
@@ -139,7 +147,7 @@ def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, dev
     while done < P:
         end = min(P, done + batch_size)
         idx = torch.from_numpy(ids[starts[done:end, None] + offs].astype(np.int64)).to(device)
-        f = ffn_last(model, idx)  # (L, B, C)
+        f = ffn_last(model, idx, spec.activation)  # (L, B, C)
         nrm = f.norm(dim=-1)
         u = f / nrm.clamp_min(1e-30)[..., None]
         unit[:, done:end] = u.half().cpu().numpy()
@@ -216,6 +224,7 @@ def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: di
         "complete": True,
         **spec.identity(),
         "model_name": spec.model_name,
+        "activation": spec.activation,
         "corpus_name": spec.corpus_name,
         "pool_size": P,
         "n_layer": model_cfg["n_layer"],
@@ -322,7 +331,8 @@ def open_store(path: Path, spec: StoreSpec | None = None, corpus_ids: np.ndarray
     if manifest.get("format") != FORMAT or not manifest.get("complete"):
         raise StoreError(f"{path} has an unknown format or was never completed; {rebuild}")
     if spec is not None:
-        want, have = spec.identity(), {k: manifest.get(k) for k in spec.identity()}
+        want = {**spec.identity(), "activation": spec.activation}
+        have = {**{k: manifest.get(k) for k in want}, "activation": manifest.get("activation", "ffn")}
         diff = [k for k in want if want[k] != have[k]]
         if diff:
             what = ", ".join(f"{k} is {str(have[k])[:12]} but {str(want[k])[:12]} is wanted"

@@ -39,7 +39,8 @@ class Workspace:
 
 def open_workspace(settings: Settings, model: str | None = None, corpus: str | None = None,
                    n: int = 10, mode: str = "reference", store: str | None = None,
-                   device: str | None = None, allow_other_corpus: bool = False) -> Workspace:
+                   device: str | None = None, allow_other_corpus: bool = False,
+                   activation: str = "ffn") -> Workspace:
     device = resolve_device(device or settings.device)
     model_dir = resolve_model_dir(model or settings.model)
     net, tok, info = load_model(model_dir, device=device)
@@ -62,7 +63,7 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
     except UnknownCharacters as e:
         raise CorpusError(f"the corpus {text.name!r} has {e}") from e
     spec = StoreSpec(model_name=model_dir.name, model_sha256=info["sha256"], corpus_name=text.name,
-                     corpus_sha256=text.sha256, n=n, mode=mode)
+                     corpus_sha256=text.sha256, n=n, mode=mode, activation=activation)
     store_dir = Path(store) if store else settings.stores / spec.dirname()
     return Workspace(net, tok, info, text, ids, spec, store_dir, device)
 
@@ -126,7 +127,8 @@ def _open_partial(part: Path, ws: Workspace):
     """A Store over a finished-but-unsealed build directory (for calibration before sealing)."""
     from .store import load_arrays
 
-    return load_arrays(part, {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode}, ws.ids)
+    return load_arrays(part, {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode,
+                              "activation": ws.spec.activation}, ws.ids)
 
 
 def open_engine(ws: Workspace, backend: str = "auto", build: bool = False,

@@ -115,9 +115,11 @@ def test_eval_writes_reports_the_explorer_serves(cli, engine, workspace, setting
     from app.workspace import about
 
     reports = tmp_path / "reports"
+    cli("index", "--activation", "attn", "--ivf", "none", "--quiet", check=0)
     ref = cli("eval", "--prompts", "40", "--quiet", "--report", reports / "reference", check=0).stdout
     held = cli("eval", "--prompts", "30", "--quiet", "--pool", "heldout", "--build", "--report",
                reports / "held-out", check=0).stdout
+    assert "neighbours-attn" in ref and "seed-" not in ref  # the micro model has no other seeds
     for out, mode in ((ref, "reference"), (held, "held-out")):
         assert f"{mode} report on" in out and "ngram" in out and "unigram" in out
         assert (reports / mode / "report.html").exists() and list((reports / mode / "figures").glob("*.svg"))

@@ -85,3 +85,28 @@ def test_interrupted_build_resumes_to_the_same_store(engine, settings, micro_mod
     st = open_store(path, ws.spec)
     assert np.array_equal(np.asarray(st.unit), np.asarray(engine.store.unit))
     assert not part.exists()
+
+
+def test_a_store_of_attention_outputs_for_the_baselines(settings, micro_model_dir, micro_corpus, engine):
+    from model.gpt import Trace
+
+    from app.workspace import open_engine
+
+    ws = open_workspace(settings, model=str(micro_model_dir), corpus=str(micro_corpus), activation="attn")
+    assert ws.store_dir.name.endswith("-attn") and ws.store_dir != engine.store.path
+    build_index(ws, batch_size=512, progress=False, calibration_prompts=32)
+    att = open_engine(ws, progress=False)
+    assert att.activation == "attn" and att.store.manifest["activation"] == "attn"
+    rows = np.array([0, 7, att.store.size - 1])
+    idx = torch.from_numpy(att.store.pool.strings(att.store.corpus_ids, rows).astype(np.int64))
+    trace = Trace(last_position=True)
+    with torch.no_grad():
+        att.model(idx, trace=trace)
+    _, q = att.forward(idx.numpy())
+    for b in range(att.store.n_layer):
+        want = trace.attn[b][:, -1].numpy()
+        assert np.allclose(att.store.ffn(b, rows), want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+        assert np.allclose(q[b].numpy(), want, atol=1e-5)
+    with pytest.raises(StoreError, match="another model or corpus"):
+        open_store(ws.store_dir, engine_spec := StoreSpec(**{**ws.spec.__dict__, "activation": "ffn"}))
+    assert open_store(engine.store.path, engine_spec).size == engine.store.size
