@@ -132,22 +132,43 @@ class BoundSearch(ExactSearch):
 
     def batch_topk(self, b: int, Q: torch.Tensor, k: int,
                    exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
-        """As ExactSearch.batch_topk: every query's m best bounds (m a little over k) from one pass
-        over the projections, exact products for those, and a single-query search for the few
-        queries whose (m+1)-th bound could still beat their k-th exact similarity."""
+        """As ExactSearch.batch_topk, in rounds: each round reads, for every query still open, its
+        m best bounds from one pass over the projections and computes their exact products; a query
+        is answered once its (m+1)-th bound cannot beat its k-th exact similarity (ties included);
+        the others go to the next round with 4 m (at m = P every query is answered)."""
         if self.device != "cpu":
             return super().batch_topk(b, Q, k, exclude)
         Q, Qp, qr, proj, resid = self._batch_parts(b, Q)
         B, P = Q.shape[0], self.store.size
-        m = min(P, max(2 * k, k + 64))
+        ex = torch.full((B,), -1, dtype=torch.long) if exclude is None else exclude.to(torch.long).cpu()
+        answers, n_cand = [], 0
+        pending = torch.arange(B)
+        m = min(P, max(4 * k, k + 256))
+        while len(pending):
+            done = self._topk_round(b, Q[pending], Qp[pending], qr[pending], proj, resid, k, m,
+                                    ex[pending])
+            for j, nb in done.items():
+                answers.append((int(pending[j]), nb))
+            n_cand += len(done) * m
+            left = torch.tensor([j not in done for j in range(len(pending))], dtype=torch.bool)
+            pending = pending[left]
+            if len(pending) and m == P:
+                raise AssertionError("a top-k round over the whole pool left queries open")
+            m = min(P, 4 * m)
+        self.last_candidates[b] = n_cand
+        return batch_output(sorted(answers, key=lambda a: a[0]))
+
+    def _topk_round(self, b, Q, Qp, qr, proj, resid, k: int, m: int, ex: torch.Tensor) -> dict:
+        """One round of batch_topk for the open queries: {index among them: Neighbours} for those
+        it settles."""
+        B, P = Q.shape[0], self.store.size
         keep_n = min(P, m + 1)
         best_v = torch.full((B, 0), -float("inf"))
         best_i = torch.zeros((B, 0), dtype=torch.long)
         for s in range(0, P, self.chunk):
             ub = Qp @ proj[:, s : s + self.chunk]
             ub += qr[:, None] * resid[None, s : s + self.chunk]
-            if exclude is not None:
-                _mask_excluded(ub, exclude, s)
+            _mask_excluded(ub, ex, s)
             v, i = ub.topk(min(keep_n, ub.shape[1]), dim=1)
             v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
             best_v, pos = v.topk(min(keep_n, v.shape[1]), dim=1)
@@ -155,27 +176,22 @@ class BoundSearch(ExactSearch):
         cand, cand_v = best_i[:, :m], best_v[:, :m]
         rest = best_v[:, m] if best_v.shape[1] > m else torch.full((B,), -float("inf"))
         qi = torch.arange(B)[:, None].expand_as(cand)
-        sims = self.pair_sims(b, Q, qi.reshape(-1), cand.reshape(-1)).reshape(B, m)
+        sims = self.pair_sims(b, Q, qi.reshape(-1), cand.reshape(-1)).reshape(B, -1)
         sims[~torch.isfinite(cand_v)] = -float("inf")  # the excluded row, when it was read
-        answers = []
-        n_cand = 0
+        done = {}
         for i in range(B):
-            ex = None if exclude is None or int(exclude[i]) < 0 else int(exclude[i])
-            n = P - (ex is not None)
+            n = P - int(0 <= int(ex[i]) < P)
             kk = min(k, n)
             if kk <= 0:
+                done[i] = _EMPTY()
                 continue
             finite = torch.isfinite(sims[i])
-            kth = sims[i][finite].topk(kk).values[-1] if int(finite.sum()) >= kk else None
-            if kth is not None and (m >= n or float(rest[i]) + BOUND_MARGIN < float(kth)):
-                nb = _best_of(cand[i][finite], sims[i][finite], kk)
-                n_cand += m
-            else:  # rare: the bound was too loose for this query; search it on its own
-                nb = self.topk(b, Q[i], k, ex)
-                n_cand += self.last_candidates[b]
-            answers.append((i, nb))
-        self.last_candidates[b] = n_cand
-        return batch_output(answers)
+            if int(finite.sum()) < kk:
+                continue
+            kth = float(sims[i][finite].topk(kk).values[-1])
+            if cand.shape[1] >= n or float(rest[i]) + BOUND_MARGIN < kth:
+                done[i] = _best_of(cand[i][finite], sims[i][finite], kk)
+        return done
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         ub = self.bounds(b, q)
