@@ -281,12 +281,7 @@ def step_histogram(series: dict, edges, title: str, x_label: str = "", y_label: 
     clipped into the end bins). ``share=True`` plots each series' fraction of its values instead
     of counts. ``tick_labels`` (K strings) draws the bins as equal-width categories labelled by
     them (for log-spaced or irregular bins); otherwise the x axis is linear in the edges."""
-    edges = np.asarray(edges, dtype=np.float64)
-    if len(edges) < 2:
-        raise ValueError("a histogram needs at least two edges")
-    names = list(series)
-    colors = colors or series_colors(names)
-    hists = _histograms(series, edges, share)
+    edges, names, colors, hists = _prepare(series, edges, colors, share)
     c = _Canvas(width, height, title, legend_rows=_legend_rows(names, width))
     ymax = max([h.max() for h in hists.values()] + [1e-12])
     yt = nice_ticks(0, ymax, 4)
@@ -306,6 +301,16 @@ def step_histogram(series: dict, edges, title: str, x_label: str = "", y_label: 
     return c.svg(f"bins {', '.join(fmt_num(e) for e in edges)}. {desc}")
 
 
+def _prepare(series: dict, edges, colors: dict | None, share: bool):
+    """Checked edges, series names, their colours and their histograms."""
+    edges = np.asarray(edges, dtype=np.float64)
+    if len(edges) < 2:
+        raise ValueError("a histogram needs at least two edges")
+    names = list(series)
+    colors = colors or series_colors(names)
+    return edges, names, colors, _histograms(series, edges, share)
+
+
 def histogram_panels(series: dict, edges, title: str, x_label: str = "", y_label: str = "prompts",
                      colors: dict | None = None, share: bool = False,
                      reference: str | None = None, columns: int = 3, panel_width: int = 250,
@@ -315,12 +320,7 @@ def histogram_panels(series: dict, edges, title: str, x_label: str = "", y_label
     y scale; with ``reference`` (a series name), that series is drawn in every other panel too,
     as a step line, to compare against. ``notes``: name -> a short text under the panel's name
     (e.g. the mean). Bins and ``tick_labels`` as :func:`step_histogram`."""
-    edges = np.asarray(edges, dtype=np.float64)
-    if len(edges) < 2:
-        raise ValueError("a histogram needs at least two edges")
-    names = list(series)
-    colors = colors or series_colors(names)
-    hists = _histograms(series, edges, share)
+    edges, names, colors, hists = _prepare(series, edges, colors, share)
     cols = max(1, min(columns, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
     left, gap_x, head, gap_y, foot = 56, 18, 50, 26, 40

@@ -814,8 +814,9 @@ def render_html(report: dict, figures: dict, embed: bool = True, figure_dir: str
     from markupsafe import Markup
 
     figs = {name: (Markup(svg) if embed else None) for name, svg in figures.items()}
+    site_css = Markup((ROOT / "static" / "style.css").read_text())  # our own file, not user text
     return _env().get_template("report.html").render(
-        r=report, figs=figs, embed=embed, figure_dir=figure_dir, approx=APPROX)
+        r=report, figs=figs, embed=embed, figure_dir=figure_dir, approx=APPROX, site_css=site_css)
 
 
 def write_report(out_dir, report: dict, figures: dict) -> Path:
