@@ -105,6 +105,13 @@ class BoundSearch(ExactSearch):
         qr = (Q - Qp @ U.T).norm(dim=1)
         return Q, Qp, qr, as_tensor(self.proj[b]), as_tensor(self.resid[b])
 
+    def _chunk_bounds(self, Qp, qr, proj, resid):
+        """(start, (B, chunk) upper bounds) for each chunk of the pool: the batch form of ``bounds``."""
+        for s in range(0, self.store.size, self.chunk):
+            ub = Qp @ proj[:, s : s + self.chunk]
+            ub += qr[:, None] * resid[None, s : s + self.chunk]
+            yield s, ub
+
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
                         exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
         """As ExactSearch.batch_threshold, from the bound: one (B, k) x (k, chunk) product per chunk
@@ -114,9 +121,7 @@ class BoundSearch(ExactSearch):
         Q, Qp, qr, proj, resid = self._batch_parts(b, Q)
         cut = thr - BOUND_MARGIN
         qis, rws = [], []
-        for s in range(0, self.store.size, self.chunk):
-            ub = Qp @ proj[:, s : s + self.chunk]
-            ub += qr[:, None] * resid[None, s : s + self.chunk]
+        for s, ub in self._chunk_bounds(Qp, qr, proj, resid):
             i, j = torch.nonzero(ub > cut, as_tuple=True)
             qis.append(i)
             rws.append(j + s)
@@ -165,9 +170,7 @@ class BoundSearch(ExactSearch):
         keep_n = min(P, m + 1)
         best_v = torch.full((B, 0), -float("inf"))
         best_i = torch.zeros((B, 0), dtype=torch.long)
-        for s in range(0, P, self.chunk):
-            ub = Qp @ proj[:, s : s + self.chunk]
-            ub += qr[:, None] * resid[None, s : s + self.chunk]
+        for s, ub in self._chunk_bounds(Qp, qr, proj, resid):
             _mask_excluded(ub, ex, s)
             v, i = ub.topk(min(keep_n, ub.shape[1]), dim=1)
             v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)

@@ -62,7 +62,7 @@ class StoreSpec:
     n: int = 10
     mode: str = "reference"
     dtype: str = "float16"
-    activation: str = "ffn"  # which per-block output is stored: "ffn" (the method), "attn", "resid"
+    activation: str = "ffn"  # the Trace field stored: "ffn" (the method), "attn" or "resid"
 
     def identity(self) -> dict:
         ident = {"model_sha256": self.model_sha256, "corpus_sha256": self.corpus_sha256,
@@ -88,9 +88,6 @@ def _sha256(path: Path) -> str:
         while b := f.read(1 << 22):
             h.update(b)
     return h.hexdigest()
-
-
-ACTIVATIONS = ("ffn", "attn", "resid")  # Trace fields: FFN output, attention output, residual after
 
 
 @torch.inference_mode()

@@ -9,8 +9,9 @@ from urllib.parse import urlencode
 from fastapi import Query
 
 from ..approx import REFERENCE_THRESHOLDS, QueryError, QuerySettings
+from ..search import BACKENDS as SEARCH_BACKENDS
 
-BACKENDS = ("bound", "exact", "ivf")  # what a URL may ask for (the store may lack some)
+BACKENDS = tuple(b for b in SEARCH_BACKENDS if b != "auto")  # a URL names one (the store may lack it)
 MAX_PROMPT = 1000  # characters accepted in a URL before the model's own context check
 
 
