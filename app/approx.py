@@ -169,7 +169,7 @@ class Engine:
                 nb = self.search.threshold(b, q[b], s.thresholds[b], exclude)
             else:
                 nb = self.search.topk(b, q[b], s.k, exclude)
-            counts = self.store.counts.sum_rows(nb.rows)
+            counts = self.store.counts.sum_rows(nb.members)
             blocks.append(BlockResult(b, nb, counts, s.weights[b], self_row=self_row))
         counts = np.stack([br.counts for br in blocks]).astype(np.float64)
         approx, shares_raw, shares_norm = blend(counts, np.asarray(s.weights), s.blend)

@@ -17,6 +17,9 @@ float32). The computed bound differs from the exact-arithmetic one by float32 ro
 |x_r|, q_p, |q_r| and the sums, each a few units of 2^-24 times sums of magnitudes at most sqrt(C)
 (C <= 4096: under 2e-5 in all), and the exact similarities the search compares are float32 sums
 off by as much again. BOUND_MARGIN = 1e-4 covers both with room to spare; the tests check it.
+The same holds for the lower side, q_p . x_p - |q_r| |x_r| <= q . x, with which the threshold
+search accepts strings without computing their products: a string is taken unseen only when its
+lower bound clears the threshold by the margin.
 (Float16 projections would halve the bytes, but torch's float16 matrix-vector product on the CPU
 is compute-bound at this shape: measured 18 ms for 823k x 32 against 5 ms in float32 here.)
 """
@@ -71,11 +74,15 @@ class BoundSearch(ExactSearch):
         self._gpu: dict = {}
         self.last_candidates: list[int] = [0] * store.n_layer  # for benchmarks
 
-    def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
-        """(P,) float32 upper bounds of q . x, valid to within BOUND_MARGIN."""
+    def _query_parts(self, b: int, q: torch.Tensor) -> tuple[np.ndarray, np.float32]:
+        """The unit query's projection (k,) and residual norm, float32."""
         qn = q.detach().cpu().numpy().astype(np.float32)
         qp = self.basis[b].T @ qn
-        qr = np.float32(np.linalg.norm(qn - self.basis[b] @ qp))
+        return qp, np.float32(np.linalg.norm(qn - self.basis[b] @ qp))
+
+    def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
+        """(P,) float32 upper bounds of q . x, valid to within BOUND_MARGIN."""
+        qp, qr = self._query_parts(b, q)
         if self.device != "cpu":
             if b not in self._gpu:
                 self._gpu[b] = (torch.from_numpy(np.array(self.proj[b])).to(self.device),
@@ -94,6 +101,36 @@ class BoundSearch(ExactSearch):
             cand = torch.nonzero(ub > thr - BOUND_MARGIN).flatten()
         self.last_candidates[b] = len(cand)
         return cand
+
+    def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
+        """As the full scan's, and the same answer. The bound's lower side, q_p . x_p - |q_r| |x_r|,
+        proves many strings qualify without their product (87 % of block 5's on blog-cpu, where
+        the sets reach 100,000): their similarities are computed only when the answer is ordered
+        or its first strings are shown (see Neighbours)."""
+        if self.device != "cpu":
+            return super().threshold(b, q, thr, exclude)
+        qp, qr = self._query_parts(b, q)
+        ub = qp @ self.proj[b]
+        slack = qr * self.resid[b]
+        ub += slack
+        cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
+        if exclude is not None:
+            cand = cand[cand != exclude]
+        self.last_candidates[b] = len(cand)
+        hi = ub[cand]
+        lo = hi - 2 * slack[cand]
+        sure = lo > np.float32(thr + BOUND_MARGIN)
+        test = cand[~sure]
+        s = self.exact(b, torch.from_numpy(test), q).numpy()
+        keep = s > thr
+        rows = np.concatenate([test[keep], cand[sure]]).astype(np.int64)
+        sims = np.concatenate([s[keep], np.full(int(sure.sum()), np.nan, np.float32)])
+        if not sure.any():
+            return Neighbours(rows, sims)
+        lo_all = np.concatenate([s[keep], lo[sure] - np.float32(BOUND_MARGIN)])
+        hi_all = np.concatenate([s[keep], hi[sure] + np.float32(BOUND_MARGIN)])
+        return Neighbours(rows, sims, lo=lo_all, hi=hi_all,
+                          fill=lambda r: self.exact(b, torch.from_numpy(r), q).numpy())
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def _batch_parts(self, b: int, Q: torch.Tensor):
@@ -197,23 +234,27 @@ class BoundSearch(ExactSearch):
         return done
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
+        """Two passes: the exact similarities of the 2k best bounds give a k-th value that the
+        answer's k-th can only exceed; every string whose bound reaches it (less the margin, so
+        ties at the k-th are all seen) is then decided exactly. Measured on blog-cpu at k = 200:
+        5.5 ms per block before (rounds of 4x more candidates, each re-ranking every bound)."""
         ub = self.bounds(b, q)
-        n, k = _clamp_topk(ub, k, exclude)
+        n, k = _clamp_topk(ub, k, exclude)  # the excluded row's bound is now -inf
         if k <= 0:
             return _EMPTY()
-        m = min(n, max(2 * k, k + 64))
-        while True:
-            top = ub.topk(min(n, m + 1))
-            cand = top.indices[:m]
-            s = self.exact(b, cand, q)
-            kth = s.topk(k).values[-1]
-            rest = float(top.values[m]) if m < n else -float("inf")  # best bound left unread
-            # Stop once no unread string can reach the k-th exact similarity, ties included.
-            if m >= n or rest + BOUND_MARGIN < float(kth):
-                break
-            m = min(n, 4 * m)
+        m = min(n, 2 * k)
+        if ub.device.type == "cpu":  # numpy's partition and flatnonzero: 3x faster than torch's topk
+            u = ub.numpy()
+            first = torch.from_numpy(np.flatnonzero(u >= np.partition(u, len(u) - m)[len(u) - m]))
+        else:
+            first = ub.topk(m).indices
+        kth = float(self.exact(b, first, q).topk(k).values[-1])
+        if ub.device.type == "cpu":
+            cand = torch.from_numpy(np.flatnonzero(ub.numpy() >= np.float32(kth - BOUND_MARGIN)))
+        else:
+            cand = torch.nonzero(ub >= kth - BOUND_MARGIN).flatten()
         self.last_candidates[b] = len(cand)
-        return _best_of(cand, s, k)
+        return _best_of(cand, self.exact(b, cand, q), k)
 
 
 def add_bound(path, rank: int = DEFAULT_RANK, progress: bool = True) -> None:

@@ -63,7 +63,7 @@ def neighbour_rows(store: Store, chars: str, rows: np.ndarray, sims: np.ndarray,
 def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
     blocks = []
     for br in res.blocks:
-        shown = br.neighbours.rows[: res.settings.show]
+        shown, shown_sims = br.neighbours.top(res.settings.show)
         tot = br.counts.sum()
         blocks.append({
             "block": br.block,
@@ -74,7 +74,7 @@ def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
             "count_total": int(tot),
             "counts": {chars[i]: int(c) for i, c in enumerate(br.counts) if c},
             "distribution": top_tokens(br.counts / tot if tot else br.counts.astype(float), chars),
-            "top": neighbour_rows(store, chars, shown, br.neighbours.sims[: res.settings.show],
+            "top": neighbour_rows(store, chars, shown, shown_sims,
                                   res.prompt, br.self_row),
         })
     return {

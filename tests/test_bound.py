@@ -34,6 +34,19 @@ def same(a, b):
     assert np.array_equal(a.sims, b.sims)
 
 
+def same_threshold(full, bound, b, q, thr, exclude=None):
+    """The bound's threshold answer equals the full scan's: as a set (before any similarity it
+    skipped is computed), in its first m (computing only what they need), and whole."""
+    ref = full.threshold(b, q, thr, exclude)
+    for m in (1, 3, 10, len(ref)):
+        got = bound.threshold(b, q, thr, exclude)
+        assert sorted(got.members.tolist()) == sorted(ref.rows.tolist())
+        rows, sims = got.top(m)
+        assert rows.tolist() == ref.rows[:m].tolist()
+        assert np.array_equal(sims, ref.sims[:m])
+    same(ref, got)
+
+
 def per_query(out, B):
     """Batch output (query index, row, sim) -> one Neighbours per query, in the single-query order."""
     from app.search import Neighbours
@@ -71,8 +84,8 @@ def check_all(store, k_rank, queries, thresholds, ks):
         for q in queries:
             q = torch.from_numpy(unit_rows(q.astype(np.float32)))
             for thr in thresholds:
-                same(full.threshold(b, q, thr), bound.threshold(b, q, thr))
-                same(full.threshold(b, q, thr, exclude=0), bound.threshold(b, q, thr, exclude=0))
+                same_threshold(full, bound, b, q, thr)
+                same_threshold(full, bound, b, q, thr, exclude=0)
             for k in ks:
                 same(full.topk(b, q, k), bound.topk(b, q, k))
                 same(full.topk(b, q, k, exclude=3), bound.topk(b, q, k, exclude=3))
@@ -113,6 +126,25 @@ def test_bound_is_an_upper_bound_within_the_margin():
         assert bool((exact <= bound.bounds(0, q) + BOUND_MARGIN).all())
 
 
+def test_strings_proven_in_by_the_lower_bound_are_counted_unseen_and_shown_exactly():
+    """On a low-rank store most neighbours clear the threshold on the bound's lower side: they are
+    members at once, their similarities computed only for the strings shown."""
+    rng = np.random.default_rng(3)
+    L, P, C, r = 1, 4000, 32, 4
+    x = rng.normal(size=(L, P, r)) @ rng.normal(size=(r, C)) + 1e-3 * rng.normal(size=(L, P, C))
+    store = make_store(unit_rows(x))
+    full, bound = ExactSearch(store), bound_for(store, 8)
+    q = torch.from_numpy(store.unit[0, 0].astype(np.float32))
+    got = bound.threshold(0, q, 0.5)
+    unseen = int(np.isnan(got._sims).sum())
+    assert len(got) > 100 and unseen > len(got) // 2
+    rows, sims = got.top(5)
+    assert int(np.isnan(got._sims).sum()) > unseen // 2  # the first five did not need them all
+    ref = full.threshold(0, q, 0.5)
+    assert rows.tolist() == ref.rows[:5].tolist() and np.array_equal(sims, ref.sims[:5])
+    same(ref, got)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(P=st.integers(1, 300), C=st.integers(2, 24), rank=st.integers(1, 24), seed=st.integers(0, 10**6),
        thr=st.floats(-1, 1), k=st.integers(1, 400), dup=st.booleans())
@@ -125,7 +157,7 @@ def test_hypothesis_equal_to_the_full_scan(P, C, rank, seed, thr, k, dup):
     q = store.unit[0, rng.integers(P)].astype(np.float32) + rng.normal(size=C) * rng.choice([0, 0.1, 1])
     full, bound = ExactSearch(store), bound_for(store, min(rank, C))
     qt = torch.from_numpy(unit_rows(q.astype(np.float32)))
-    same(full.threshold(0, qt, thr), bound.threshold(0, qt, thr))
+    same_threshold(full, bound, 0, qt, thr)
     same(full.topk(0, qt, k), bound.topk(0, qt, k))
     same(full.topk(0, qt, k, exclude=0), bound.topk(0, qt, k, exclude=0))
 
