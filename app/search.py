@@ -34,14 +34,14 @@ class Neighbours:
         return len(self._rows)
 
     def _complete(self, where: np.ndarray | None = None) -> None:
-        """Compute the missing similarities (of the rows selected by ``where``, else all)."""
+        """Compute the missing similarities (at the indices ``where``, else all)."""
         if self._fill is None:
             return
-        missing = np.isnan(self._sims)
-        idx = np.flatnonzero(missing if where is None else missing & where)
+        nan = np.isnan(self._sims)
+        idx = np.flatnonzero(nan) if where is None else where[nan[where]]
         if len(idx):
             self._sims[idx] = self._fill(self._rows[idx])
-        if len(idx) == int(missing.sum()):
+        if len(idx) == int(nan.sum()):
             self._lo = self._hi = self._fill = None
 
     def _sort(self) -> None:
@@ -75,11 +75,17 @@ class Neighbours:
             return self._rows[:0], self._sims[:0]
         n = len(self)
         if self._fill is not None:
-            # At least m rows certainly reach the m-th largest of (known value, else lower bound);
-            # a row whose upper bound stays below that cannot be among the first m.
-            floor = np.where(np.isnan(self._sims), self._lo, self._sims)
-            t = np.partition(floor, n - m)[n - m]
-            self._complete(self._hi >= t)
+            # First the missing rows with the best upper bounds (a guess at the first m); then at
+            # least m rows certainly reach t, the m-th largest of (known value, else lower bound),
+            # and a row whose upper bound stays below t cannot be among the first m. (With t from
+            # the lower bounds alone, block 5 of blog-cpu computed 65,000 of 100,000; so, 61-1,055.)
+            missing = np.flatnonzero(np.isnan(self._sims))
+            g = min(len(missing), max(4 * m, 256))
+            self._complete(missing[np.argpartition(self._hi[missing], len(missing) - g)[len(missing) - g :]])
+            if self._fill is not None:
+                floor = np.where(np.isnan(self._sims), self._lo, self._sims)
+                t = np.partition(floor, n - m)[n - m]
+                self._complete(np.flatnonzero(self._hi >= t))
             known = ~np.isnan(self._sims)
         else:
             known = slice(None)
