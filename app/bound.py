@@ -150,27 +150,39 @@ class BoundSearch(ExactSearch):
             yield s, ub
 
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
-                        exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
+                        exclude: torch.Tensor | None = None, sims: bool = True) -> tuple:
         """As ExactSearch.batch_threshold, from the bound: one (B, k) x (k, chunk) product per chunk
-        instead of (B, C) x (C, chunk), then exact products for the surviving pairs only."""
+        instead of (B, C) x (C, chunk), then exact products for the surviving pairs only; with
+        ``sims=False``, only for the pairs the lower bound does not already prove (their
+        similarities are then None)."""
         if self.device != "cpu":
             return super().batch_threshold(b, Q, thr, exclude)
         Q, Qp, qr, proj, resid = self._batch_parts(b, Q)
         cut = thr - BOUND_MARGIN
-        qis, rws = [], []
+        qis, rws, ubs = [], [], []
         for s, ub in self._chunk_bounds(Qp, qr, proj, resid):
             i, j = torch.nonzero(ub > cut, as_tuple=True)
             qis.append(i)
             rws.append(j + s)
+            if not sims:
+                ubs.append(ub[i, j])
         qi, rows = torch.cat(qis), torch.cat(rws)
+        sure = torch.zeros(len(rows), dtype=torch.bool)
+        if not sims:
+            lo = torch.cat(ubs) - 2 * qr[qi] * resid[rows]
+            sure = lo > thr + BOUND_MARGIN
         if exclude is not None:
             keep = rows != exclude.to(torch.long)[qi]
-            qi, rows = qi[keep], rows[keep]
+            qi, rows, sure = qi[keep], rows[keep], sure[keep]
         self.last_candidates[b] = len(rows)
-        sims = self.pair_sims(b, Q, qi, rows)
-        keep = sims > thr
+        test = ~sure
+        exact = self.pair_sims(b, Q, qi[test], rows[test])
+        keep = exact > thr
+        if not sims:
+            return (torch.cat([qi[test][keep], qi[sure]]).numpy().astype(np.int64),
+                    torch.cat([rows[test][keep], rows[sure]]).numpy().astype(np.int64), None)
         return (qi[keep].numpy().astype(np.int64), rows[keep].numpy().astype(np.int64),
-                sims[keep].numpy())
+                exact[keep].numpy())
 
     def batch_topk(self, b: int, Q: torch.Tensor, k: int,
                    exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:

@@ -116,7 +116,7 @@ def block_counts(engine: Engine, block: int, Q: torch.Tensor, s: QuerySettings,
     how many of a prompt's neighbours are its own pool string, 0 or 1)."""
     store, B = engine.store, Q.shape[0]
     if s.mode == "threshold":
-        qi, nb, _ = engine.search.batch_threshold(block, Q, s.thresholds[block], exclude)
+        qi, nb, _ = engine.search.batch_threshold(block, Q, s.thresholds[block], exclude, sims=False)
     else:
         qi, nb, _ = engine.search.batch_topk(block, Q, s.k, exclude)
     counts = store.counts.sum_rows_grouped(nb, qi, B)

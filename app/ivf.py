@@ -224,7 +224,7 @@ class IVFSearch(ExactSearch):
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
-                        exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
+                        exclude: torch.Tensor | None = None, sims: bool = True) -> tuple:
         """As ExactSearch.batch_threshold, from one faiss range search over the probed lists; pairs
         are ordered by query, then similarity (descending), then row."""
         Qn = self._np(Q)
@@ -235,11 +235,11 @@ class IVFSearch(ExactSearch):
             keep = rows != exclude.detach().cpu().to(torch.long)[qi]
             qi, rows = qi[keep], rows[keep]
         self.last_candidates[b] = len(rows)
-        sims = self.pair_sims(b, torch.from_numpy(Qn), qi, rows)
-        keep = sims > thr
-        qi, rows, sims = qi[keep].numpy(), rows[keep].numpy(), sims[keep].numpy()
-        o = np.lexsort((rows, -sims, qi))
-        return qi[o], rows[o], sims[o]
+        found = self.pair_sims(b, torch.from_numpy(Qn), qi, rows)
+        keep = found > thr
+        qi, rows, found = qi[keep].numpy(), rows[keep].numpy(), found[keep].numpy()
+        o = np.lexsort((rows, -found, qi))
+        return qi[o], rows[o], found[o]
 
     def batch_topk(self, b: int, Q: torch.Tensor, k: int,
                    exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:

@@ -74,6 +74,11 @@ def check_batches(full, bound, b, Q, thresholds, ks):
             assert len(got[i]) == len(ref[i])
             if kind == "threshold":
                 assert got[i].rows.tolist() == ref[i].rows.tolist()
+        if kind == "threshold":  # pairs only: those the lower bound proves come without products
+            qi, rows, sims = bound.batch_threshold(b, Q, arg, exclude, sims=False)
+            rqi, rrows, _ = full.batch_threshold(b, Q, arg, exclude)
+            assert sims is None
+            assert sorted(zip(qi.tolist(), rows.tolist())) == sorted(zip(rqi.tolist(), rrows.tolist()))
 
 
 def check_all(store, k_rank, queries, thresholds, ks):
