@@ -397,12 +397,13 @@ def standard_baselines(model: GPT, corpus_ids: np.ndarray, vocab_size: int, devi
 
 
 class StoreBaseline:
-    """The approximation computed on another store of the same model and pool (for example the
-    attention outputs or the residual stream instead of the FFN outputs) as a baseline."""
+    """The approximation computed on another store of the same model and pool (the attention
+    outputs or the residual stream instead of the FFN outputs, or an in-context store) as a
+    baseline."""
 
-    def __init__(self, engine, settings):
+    def __init__(self, engine, settings, label: str | None = None):
         self.engine, self.settings = engine, settings
-        self.name = f"neighbours-{engine.activation}"
+        self.name = f"neighbours-{label or engine.activation}"
 
     def distributions(self, prompts_ids) -> np.ndarray:
         from .evaluate import evaluate

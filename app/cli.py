@@ -54,7 +54,7 @@ def _workspace(args, settings: Settings):
 
     return open_workspace(settings, model=args.model, corpus=args.corpus, n=args.n, mode=args.pool,
                           store=args.store, device=args.device, activation=args.activation,
-                          allow_other_corpus=args.allow_other_corpus)
+                          context=args.context, allow_other_corpus=args.allow_other_corpus)
 
 
 def cmd_index(args, settings: Settings) -> int:
@@ -158,7 +158,7 @@ def _report(args, settings: Settings, ws, engine, qs) -> int:
         prompts, text, label = reference_prompts(store, args.prompts, args.seed), ws.ids, "reference"
     baselines = standard_baselines(engine.model, text, len(engine.tok), engine.device)
     baselines.update(seed_models(ws, engine.device))
-    baselines.update(other_activations(settings, args, ws, qs))
+    baselines.update(sibling_baselines(settings, ws, qs))
     report, figures = build_report(engine, prompts, qs, baselines, label, about=about(ws, engine),
                                    progress=not args.quiet, backend=None if args.backend == "auto"
                                    else args.backend, extra={"seed": args.seed})
@@ -186,29 +186,16 @@ def seed_models(ws, device: str) -> dict:
     return out
 
 
-def other_activations(settings: Settings, args, ws, qs) -> dict:
-    """Neighbours found on the attention output or the residual stream instead of the FFN output,
-    for each such store already built for this model, corpus and pool (`ffnlens index
-    --activation attn|resid`), under the same settings but that store's calibrated thresholds."""
+def sibling_baselines(settings: Settings, ws, qs) -> dict:
+    """The approximation on this model's other stores of the same pool (`ffnlens index --context T`
+    or `--activation attn|resid`), under the same settings but each store's calibrated thresholds."""
     from dataclasses import replace
 
     from .baselines import StoreBaseline
-    from .store import StoreError
-    from .workspace import open_engine, open_workspace
+    from .workspace import sibling_engines
 
-    out = {}
-    for act in ("attn", "resid"):
-        if act == ws.spec.activation:
-            continue
-        other = open_workspace(settings, model=args.model, corpus=args.corpus, n=args.n,
-                               mode=args.pool, device=args.device, activation=act,
-                               allow_other_corpus=args.allow_other_corpus)
-        try:
-            eng = open_engine(other, progress=False)
-        except StoreError:
-            continue
-        out[f"neighbours-{act}"] = StoreBaseline(eng, replace(qs, thresholds=None))
-    return out
+    return {f"neighbours-{label}": StoreBaseline(eng, replace(qs, thresholds=None), label)
+            for label, eng in sibling_engines(ws, settings.stores).items()}
 
 
 def reports_dir(settings: Settings, store_dir: Path) -> Path:
@@ -222,12 +209,13 @@ def cmd_serve(args, settings: Settings) -> int:
     import uvicorn
 
     from .web import create_app
-    from .workspace import about, open_engine
+    from .workspace import about, open_engine, sibling_engines
 
     t0 = time.time()
     ws = _workspace(args, settings)
     engine = open_engine(ws, build=True, progress=not args.quiet)
-    app = create_app(engine, about(ws, engine), reports=reports_dir(settings, ws.store_dir))
+    app = create_app(engine, about(ws, engine), reports=reports_dir(settings, ws.store_dir),
+                     stores=sibling_engines(ws, settings.stores))
     print(f"ffnlens: {ws.spec.model_name} on {ws.corpus.name} ready in {time.time() - t0:.1f} s; "
           f"serving http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -248,6 +236,10 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="ffn", choices=["ffn", "attn", "resid"],
                    help="the per-block output stored and searched: the FFN output (the method), the "
                         "attention output or the residual stream after the block (baselines)")
+    p.add_argument("--context", type=int, default=0, metavar="T",
+                   help="an in-context store: every position of the text, its output read inside "
+                        "windows of up to T characters (n <= T <= the model's context), so long "
+                        "prompts meet neighbours read the same way; 0 (default): each pool string alone")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

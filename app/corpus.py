@@ -90,7 +90,8 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
 
 @dataclass
 class Pool:
-    """Unique n-character strings of ids[:end], in order of first occurrence."""
+    """The strings a store holds: the unique n-character strings of ids[:end], in order of first
+    occurrence, or (an in-context store) every n-character string at its own position."""
 
     n: int
     mode: str
@@ -104,6 +105,16 @@ class Pool:
         """(len(rows), n) token ids of the given pool strings (all when rows is None)."""
         starts = self.starts if rows is None else self.starts[rows]
         return ids[starts[:, None] + np.arange(self.n)]
+
+
+def build_positions(ids: np.ndarray, n: int, mode: str = "reference") -> Pool:
+    """The in-context pool: one row per position of ids[:end], row r being the n characters that
+    start there (duplicates kept: each is seen with its own preceding text)."""
+    end = pool_end(len(ids), mode)
+    if end < n:
+        raise CorpusError(f"the corpus is shorter than one {n}-character string")
+    rows = np.arange(end - n + 1)
+    return Pool(n=n, mode=mode, starts=rows.astype(np.int64), at=rows.astype(np.int32))
 
 
 def string_keys(strings: np.ndarray, vocab_size: int) -> np.ndarray:

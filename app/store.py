@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from model.gpt import GPT, Trace
 
-from .corpus import NextCounts, Pool, build_pool, next_counts, string_keys
+from .corpus import NextCounts, Pool, build_pool, build_positions, next_counts, string_keys
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -63,17 +63,23 @@ class StoreSpec:
     mode: str = "reference"
     dtype: str = "float16"
     activation: str = "ffn"  # the Trace field stored: "ffn" (the method), "attn" or "resid"
+    # 0: every unique n-character string run alone (the method); T > 0: an in-context store, every
+    # position's output computed inside windows of up to T characters of the text before it.
+    context: int = 0
 
     def identity(self) -> dict:
         ident = {"model_sha256": self.model_sha256, "corpus_sha256": self.corpus_sha256,
                  "n": self.n, "mode": self.mode, "dtype": self.dtype}
-        if self.activation != "ffn":  # FFN stores keep the identity they had before the option
+        if self.activation != "ffn":  # FFN stores keep the identity they had before the options
             ident["activation"] = self.activation
+        if self.context:
+            ident["context"] = self.context
         return ident
 
     def dirname(self) -> str:
         return (f"{self.model_name}-{self.model_sha256[:8]}-{self.corpus_sha256[:8]}"
-                f"-n{self.n}-{self.mode}" + ("" if self.activation == "ffn" else f"-{self.activation}"))
+                f"-n{self.n}-{self.mode}" + ("" if self.activation == "ffn" else f"-{self.activation}")
+                + (f"-ctx{self.context}" if self.context else ""))
 
 
 def _write_json(path: Path, obj) -> None:
@@ -118,7 +124,8 @@ def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, dev
             shutil.rmtree(part)  # unreadable or foreign: start again
     part.mkdir(parents=True, exist_ok=True)
     if not prog_path.exists():
-        pool = build_pool(ids, spec.n, model.cfg.vocab_size, spec.mode)
+        pool = (build_positions(ids, spec.n, spec.mode) if spec.context
+                else build_pool(ids, spec.n, model.cfg.vocab_size, spec.mode))
         nc = next_counts(ids, pool, model.cfg.vocab_size)
         np.save(part / "pool_starts.npy", pool.starts)
         np.save(part / "pool_at.npy", pool.at)
@@ -138,26 +145,75 @@ def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, dev
     model.eval()
     bar = tqdm(total=P, initial=done, unit="str", desc=f"store {spec.model_name}",
                disable=not progress, dynamic_ncols=True, smoothing=0.05)
-    offs = np.arange(n)
     t0 = time.time() - seconds
-    batches = 0
-    while done < P:
-        end = min(P, done + batch_size)
-        idx = torch.from_numpy(ids[starts[done:end, None] + offs].astype(np.int64)).to(device)
-        f = ffn_last(model, idx, spec.activation)  # (L, B, C)
+    pieces = (_in_context(model, ids, spec, P, done, device, batch_size) if spec.context
+              else _alone(model, ids, starts, spec, done, device, batch_size))
+    for batches, (end, f) in enumerate(pieces, 1):  # f: (L, end - done, C) float32
         nrm = f.norm(dim=-1)
         u = f / nrm.clamp_min(1e-30)[..., None]
         unit[:, done:end] = u.half().cpu().numpy()
         norm[:, done:end] = nrm.cpu().numpy()
         bar.update(end - done)
         done = end
-        batches += 1
         if batches % flush_every == 0 or done == P:
             unit.flush()
             norm.flush()
             _write_json(prog_path, {"identity": ident, "done": done, "seconds": time.time() - t0})
     bar.close()
     return part
+
+
+def _alone(model: GPT, ids: np.ndarray, starts: np.ndarray, spec: StoreSpec, done: int,
+           device: str, batch_size: int):
+    """(end row, outputs) for the pool strings from row ``done`` on, each run as its own prompt."""
+    offs = np.arange(spec.n)
+    P = len(starts)
+    while done < P:
+        end = min(P, done + batch_size)
+        idx = torch.from_numpy(ids[starts[done:end, None] + offs].astype(np.int64)).to(device)
+        yield end, ffn_last(model, idx, spec.activation)
+        done = end
+
+
+@torch.inference_mode()
+def _in_context(model: GPT, ids: np.ndarray, spec: StoreSpec, P: int, done: int, device: str,
+                batch_size: int):
+    """(end row, outputs) for the positions from row ``done`` on, each read in context.
+
+    Row r is the string ids[r : r + n], its output taken at its last character q = r + n - 1.
+    Windows of T = spec.context characters start every S = T // 2 positions; window j keeps the
+    outputs of its second half (the first window keeps all of its own), so every position is read
+    with at least T // 2 characters before it, or all of the text when it lies nearer the start."""
+    T, n = spec.context, spec.n
+    S = max(1, T // 2)
+    last = P + n - 1  # one past the last position with a row
+    per_batch = max(1, batch_size // T) if T > 1 else batch_size
+    while done < P:
+        q0 = done + n - 1  # the next position to produce
+        # Window j starts at a = j * S and keeps [a + T - S, a + T) (j >= 1) or [0, T) (j = 0).
+        j = 0 if q0 < T else (q0 - T) // S + 1
+        batch = []
+        for jj in range(j, j + per_batch):
+            a = jj * S
+            keep_from = 0 if jj == 0 else a + T - S
+            if keep_from >= last:
+                break
+            batch.append((a, max(keep_from, q0), min(a + T, last)))
+        groups: dict[int, list] = {}  # windows near the text's end are shorter: run equal lengths together
+        for w in batch:
+            groups.setdefault(min(w[0] + T, len(ids)) - w[0], []).append(w)
+        pieces = {}
+        for length, ws in groups.items():
+            idx = torch.from_numpy(np.stack([ids[a : a + length] for a, _, _ in ws]).astype(np.int64))
+            trace = Trace()
+            model(idx.to(device), trace=trace, skip_head=True)
+            acts = torch.stack([t.float() for t in getattr(trace, spec.activation)])  # (L, B, len, C)
+            for i, (a, lo, hi) in enumerate(ws):
+                pieces[a] = acts[:, i, lo - a : hi - a]
+        f = torch.cat([pieces[a] for a, _, _ in batch], dim=1)
+        end = done + f.shape[1]
+        yield end, f
+        done = end
 
 
 def unit_fingerprint(unit: np.ndarray, samples: int = 1024) -> str:
@@ -222,6 +278,7 @@ def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: di
         **spec.identity(),
         "model_name": spec.model_name,
         "activation": spec.activation,
+        "context": spec.context,
         "corpus_name": spec.corpus_name,
         "pool_size": P,
         "n_layer": model_cfg["n_layer"],
@@ -295,9 +352,15 @@ class Store:
         rows = np.asarray(rows)
         return self.unit[block, rows].astype(np.float32) * self.norm[block, rows, None]
 
+    @property
+    def context(self) -> int:
+        """0 for a pool of strings each read alone; the window length of an in-context store."""
+        return int(self.manifest.get("context", 0))
+
     def find(self, ids: np.ndarray) -> int | None:
-        """Pool row of the n-character string ``ids``, or None when it is not in the pool."""
-        if len(ids) != self.pool.n:
+        """Pool row of the n-character string ``ids``, or None when it is not in the pool (or the
+        store is in-context: there a string has a row per occurrence, none of them the prompt's)."""
+        if len(ids) != self.pool.n or self.context:
             return None
         V = len(self.manifest["vocab"])
         if self._lookup is None:
@@ -328,8 +391,9 @@ def open_store(path: Path, spec: StoreSpec | None = None, corpus_ids: np.ndarray
     if manifest.get("format") != FORMAT or not manifest.get("complete"):
         raise StoreError(f"{path} has an unknown format or was never completed; {rebuild}")
     if spec is not None:
-        want = {**spec.identity(), "activation": spec.activation}
-        have = {**{k: manifest.get(k) for k in want}, "activation": manifest.get("activation", "ffn")}
+        want = {**spec.identity(), "activation": spec.activation, "context": spec.context}
+        have = {**{k: manifest.get(k) for k in want}, "activation": manifest.get("activation", "ffn"),
+                "context": manifest.get("context", 0)}
         diff = [k for k in want if want[k] != have[k]]
         if diff:
             what = ", ".join(f"{k} is {str(have[k])[:12]} but {str(want[k])[:12]} is wanted"

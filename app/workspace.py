@@ -5,8 +5,9 @@ characters fit the model when another corpus is allowed), and finds or builds th
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ class Workspace:
 def open_workspace(settings: Settings, model: str | None = None, corpus: str | None = None,
                    n: int = 10, mode: str = "reference", store: str | None = None,
                    device: str | None = None, allow_other_corpus: bool = False,
-                   activation: str = "ffn") -> Workspace:
+                   activation: str = "ffn", context: int = 0) -> Workspace:
     device = resolve_device(device or settings.device)
     model_dir = resolve_model_dir(model or settings.model)
     net, tok, info = load_model(model_dir, device=device)
@@ -62,8 +63,11 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
         ids = tok.encode(text.text)
     except UnknownCharacters as e:
         raise CorpusError(f"the corpus {text.name!r} has {e}") from e
+    if context and not n <= context <= net.cfg.block_size:
+        raise CorpusError(f"an in-context store reads windows of n ({n}) to the model's context "
+                          f"({net.cfg.block_size}) characters; --context {context} is outside that")
     spec = StoreSpec(model_name=model_dir.name, model_sha256=info["sha256"], corpus_name=text.name,
-                     corpus_sha256=text.sha256, n=n, mode=mode, activation=activation)
+                     corpus_sha256=text.sha256, n=n, mode=mode, activation=activation, context=context)
     store_dir = Path(store) if store else settings.stores / spec.dirname()
     return Workspace(net, tok, info, text, ids, spec, store_dir, device)
 
@@ -128,7 +132,7 @@ def _open_partial(part: Path, ws: Workspace):
     from .store import load_arrays
 
     return load_arrays(part, {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode,
-                              "activation": ws.spec.activation}, ws.ids)
+                              "activation": ws.spec.activation, "context": ws.spec.context}, ws.ids)
 
 
 def open_engine(ws: Workspace, backend: str = "auto", build: bool = False,
@@ -148,3 +152,36 @@ def about(ws: Workspace, engine: Engine) -> dict:
             "pool_size": engine.store.size, "n": engine.store.pool.n, "pool_mode": ws.spec.mode,
             "n_layer": engine.store.n_layer, "backend": engine.search.name,
             "store": str(engine.store.path), "device": ws.device}
+
+
+def store_label(spec: StoreSpec) -> str:
+    """A store's short name among its siblings: "pool" for the method's (FFN outputs of pool strings
+    read alone), else what differs, e.g. "context256", "attn", "resid-context128"."""
+    parts = ([] if spec.activation == "ffn" else [spec.activation]) + \
+        ([f"context{spec.context}"] if spec.context else [])
+    return "-".join(parts) or "pool"
+
+
+def sibling_engines(ws: Workspace, stores_dir: Path) -> dict[str, Engine]:
+    """Engines over the other complete stores of the workspace's model, corpus, n and pool mode (its
+    in-context stores, its attention or residual stores), by ``store_label``. Stores that do not load
+    are passed over."""
+    out = {}
+    key = (ws.spec.model_sha256, ws.spec.corpus_sha256, ws.spec.n, ws.spec.mode)
+    for mpath in sorted(Path(stores_dir).glob("*/manifest.json")):
+        d = mpath.parent
+        if d.resolve() == ws.store_dir.resolve():
+            continue
+        try:
+            man = json.loads(mpath.read_text())
+        except (OSError, ValueError):
+            continue
+        if (man.get("model_sha256"), man.get("corpus_sha256"), man.get("n"), man.get("mode")) != key:
+            continue
+        spec = replace(ws.spec, activation=man.get("activation", "ffn"), context=man.get("context", 0))
+        try:
+            st = open_store(d, spec, corpus_ids=ws.ids)
+        except StoreError:
+            continue
+        out[store_label(spec)] = Engine(ws.model, ws.tok, st, make_search(st, "auto", ws.device), ws.device)
+    return out

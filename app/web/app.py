@@ -22,42 +22,66 @@ from .params import ViewParams, parse, raw_params
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VENDOR = ROOT / "static" / "vendor" / "htmx.min.js"
+DEFAULT_STORE = "pool"
 
 
 class Explorer:
-    """What the app serves: one engine (its search is the default backend), the same engine under
-    every other backend the store has (``backend=`` in a URL), a description, a small answer cache."""
+    """What the app serves: the default store's engine (its search the default backend), the same
+    engine under every other backend the store has (``backend=`` in a URL), the engines of other
+    stores of the same model and pool (``store=``), a description, and a small answer cache."""
 
-    def __init__(self, engine: Engine, about: dict, cache_size: int = 64):
-        self.engine, self.about = engine, about
-        self.engines = {engine.search.name: engine}
-        for name in available_backends(engine.store):
-            if name not in self.engines:
-                self.engines[name] = engine.with_search(make_search(engine.store, name, engine.device))
-        self.about = {**about, "backends": list(self.engines)}
+    def __init__(self, engine: Engine, about: dict, cache_size: int = 64,
+                 stores: dict[str, Engine] | None = None):
+        self.engine = engine
+        self.engines = {label: self._backends(e)
+                        for label, e in {DEFAULT_STORE: engine, **(stores or {})}.items()}
+        self.about = {**about, "backends": list(self.engines[DEFAULT_STORE]),
+                      "stores": {label: {"size": next(iter(es.values())).store.size,
+                                         "context": next(iter(es.values())).store.context,
+                                         "activation": next(iter(es.values())).activation,
+                                         "backends": list(es)}
+                                 for label, es in self.engines.items()}}
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.cache_size = cache_size
 
-    def query(self, vp: ViewParams) -> QueryResult:
-        engine = self.engines.get(vp.backend or self.engine.search.name)
+    @staticmethod
+    def _backends(engine: Engine) -> dict[str, Engine]:
+        out = {engine.search.name: engine}
+        for name in available_backends(engine.store):
+            if name not in out:
+                out[name] = engine.with_search(make_search(engine.store, name, engine.device))
+        return out
+
+    def engine_for(self, vp: ViewParams) -> Engine:
+        label = vp.store or DEFAULT_STORE
+        if label not in self.engines:
+            raise QueryError(f"this server has no store {label!r}; it has: {', '.join(self.engines)} "
+                             "(`ffnlens index --context T` builds an in-context one)")
+        backends = self.engines[label]
+        engine = backends.get(vp.backend or next(iter(backends)))
         if engine is None:
-            raise QueryError(f"this store has no {vp.backend} index; it has: {', '.join(self.engines)} "
+            raise QueryError(f"this store has no {vp.backend} index; it has: {', '.join(backends)} "
                              "(`ffnlens index` builds the others)")
-        key = (vp.prompt, repr(vp.settings), engine.search.name)
+        return engine
+
+    def query(self, vp: ViewParams) -> tuple[QueryResult, Engine]:
+        engine = self.engine_for(vp)
+        key = (vp.prompt, repr(vp.settings), vp.store or DEFAULT_STORE, engine.search.name)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return self._cache[key]
+                return self._cache[key], engine
         res = engine.query(vp.prompt, vp.settings)
         with self._lock:
             self._cache[key] = res
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return res
+        return res, engine
 
-    def defaults(self) -> dict:
-        st = self.engine.store
+    def defaults(self, store: str | None = None) -> dict:
+        es = self.engines.get(store or DEFAULT_STORE) or self.engines[DEFAULT_STORE]
+        st = next(iter(es.values())).store
         from ..approx import QuerySettings
 
         s = QuerySettings().resolved(st)
@@ -67,16 +91,18 @@ class Explorer:
                 "rule_text": st.defaults.get("rule_text", "")}
 
 
-def create_app(engine: Engine, about: dict | None = None, reports: Path | None = None) -> FastAPI:
+def create_app(engine: Engine, about: dict | None = None, reports: Path | None = None,
+               stores: dict[str, Engine] | None = None) -> FastAPI:
     """The explorer over ``engine``; ``reports``: the folder where ``ffnlens eval --report`` writes
-    this store's reports (one subfolder per mode), served at /report."""
+    this store's reports (one subfolder per mode), served at /report; ``stores``: engines over other
+    stores of the same model and pool, by label (``store=`` in a URL)."""
     app = FastAPI(
         title="ffnlens",
         version=__version__,
         description="How a small language model's feed-forward blocks predict its next character. "
                     "Every HTML page has a JSON twin under /api taking the same parameters.",
     )
-    explorer = Explorer(engine, about or {})
+    explorer = Explorer(engine, about or {}, stores=stores)
     templates = Jinja2Templates(directory=str(ROOT / "templates"))
 
     @app.exception_handler(RequestValidationError)
@@ -111,9 +137,11 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
             vp = parse(p)
             ctx["vp"] = vp
             ctx["permalink"] = "/?" + vp.query_string() if vp.raw else "/"
+            ctx["defaults"] = ex.defaults(vp.store)
             if vp.prompt or need_prompt:
-                res = ex.query(vp)
-                ctx["data"] = query_dict(res, ex.engine.store, ex.engine.tok.chars)
+                res, eng = ex.query(vp)
+                ctx["data"] = {**query_dict(res, eng.store, eng.tok.chars),
+                               "store": vp.store or DEFAULT_STORE}
                 ctx["qs"] = vp.query_string()
             return ctx, 200
         except QueryError as e:
@@ -144,7 +172,8 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
         ctx, status = query_context(ex, p, need_prompt=True)
         if status != 200:
             return ctx, status
-        n = ex.engine.store.n_layer
+        eng = ex.engine_for(ctx["vp"])
+        n = eng.store.n_layer
         if not 0 <= block < n:
             ctx["error"] = f"block {block} does not exist: this model has blocks 0 to {n - 1}"
             return ctx, 404
@@ -154,8 +183,8 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
         if not 1 <= per_page <= 500:
             ctx["error"] = "per_page must be between 1 and 500"
             return ctx, 400
-        res = ex.query(ctx["vp"])
-        ctx["block"] = block_dict(res, ex.engine.store, ex.engine.tok.chars, block, page, per_page, sort)
+        res, eng = ex.query(ctx["vp"])
+        ctx["block"] = block_dict(res, eng.store, eng.tok.chars, block, page, per_page, sort)
         ctx["n_layer"] = n
         return ctx, 200
 

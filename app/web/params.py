@@ -20,6 +20,7 @@ class ViewParams:
     prompt: str
     settings: QuerySettings  # thresholds/weights None: the store's defaults
     backend: str | None  # "exact", "bound" or "ivf"; None: the explorer's default
+    store: str | None  # a store's label ("pool", "context256", ...); None: the default store
     raw: dict  # the non-default parameters as given, for links and forms
 
     def query_string(self, **extra) -> str:
@@ -52,11 +53,14 @@ def raw_params(
                          "built), 'exact' (full scan: the same answers, slower), 'ivf' (faiss, "
                          "approximate); empty: the default"),
     exact: str = Query("", description="1: the same as backend=exact"),
+    store: str = Query("", description="which store to search: 'pool' (each pool string read "
+                       "alone: the method), or another the server has, e.g. 'context256' (every "
+                       "position read in context); /api/info lists them; empty: 'pool'"),
 ) -> dict:
     """The shared query parameters as given (FastAPI documents them from this signature)."""
     return {"prompt": prompt, "mode": mode, "thresholds": thresholds, "k": k, "weights": weights,
             "blend": blend, "exclude_self": exclude_self, "show": show, "backend": backend,
-            "exact": exact}
+            "exact": exact, "store": store}
 
 
 def parse(p: dict) -> ViewParams:
@@ -106,6 +110,12 @@ def parse(p: dict) -> ViewParams:
         if backend not in BACKENDS:
             raise QueryError(f"backend must be one of {', '.join(BACKENDS)}, not {backend[:20]!r}")
         raw["backend"] = backend
+    store = p.get("store", "").strip() or None
+    if store is not None:
+        if len(store) > 40 or not store.replace("-", "").isalnum():
+            raise QueryError(f"store must be a store's name such as 'pool' or 'context256', not {store[:20]!r}")
+        if store != "pool":
+            raw["store"] = store
     qs = QuerySettings(mode=mode, thresholds=ths, k=kk, weights=ws, blend=blend,
                        exclude_self=ex, show=n_show)
-    return ViewParams(prompt=prompt, settings=qs, backend=backend, raw=raw)
+    return ViewParams(prompt=prompt, settings=qs, backend=backend, store=store, raw=raw)
