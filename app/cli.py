@@ -48,6 +48,17 @@ def cmd_train(args, settings: Settings) -> int:
           f"losses {json.dumps(res.losses)}; model written to {res.out_dir}")
     return 0
 
+def cmd_import_nanogpt(args, settings: Settings) -> int:
+    from model.nanogpt import import_nanogpt
+
+    name = args.name or Path(args.checkpoint).resolve().parent.name
+    out = Path(args.out) if args.out else settings.models / name
+    import_nanogpt(args.checkpoint, args.meta, out, name)
+    print(f"imported {args.checkpoint} as model {name!r} in {out}; explore it with "
+          f"`ffnlens serve --model {out} --corpus THE_TEXT_IT_WAS_TRAINED_ON`")
+    return 0
+
+
 # --- index / query / eval --------------------------------------------------------------------
 def _workspace(args, settings: Settings):
     from .workspace import open_workspace
@@ -223,8 +234,8 @@ def cmd_serve(args, settings: Settings) -> int:
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="committed model name or model directory "
-                   "(default: $FFNLENS_MODEL or tiny)")
+    p.add_argument("--model", default=None, help="committed model name, model directory, or "
+                   "nanogpt:PATH/ckpt.pt (meta.pkl beside it) (default: $FFNLENS_MODEL or tiny)")
     p.add_argument("--corpus", default=None, help="the corpus file (default: the model's own, "
                    "when it is the built-in Shakespeare plays)")
     p.add_argument("--allow-other-corpus", action="store_true",
@@ -299,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="torch threads")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("import-nanogpt", help="make a model directory of a nanoGPT checkpoint "
+                       "(ckpt.pt and its dataset's meta.pkl); `--model nanogpt:CKPT` does it on the fly")
+    g.add_argument("checkpoint", help="nanoGPT's ckpt.pt")
+    g.add_argument("--meta", required=True, help="the dataset's meta.pkl (stoi/itos)")
+    g.add_argument("--name", default=None, help="model name (default: the checkpoint's folder name)")
+    g.add_argument("--out", default=None, help="model directory (default: $FFNLENS_HOME/models/NAME)")
+    g.set_defaults(func=cmd_import_nanogpt)
 
     i = sub.add_parser("index", help="build the activation store and calibrate its thresholds")
     _store_args(i)

@@ -43,10 +43,15 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
                    device: str | None = None, allow_other_corpus: bool = False,
                    activation: str = "ffn", context: int = 0) -> Workspace:
     device = resolve_device(device or settings.device)
-    model_dir = resolve_model_dir(model or settings.model)
+    model = model or settings.model
+    model_dir = nanogpt_model(settings, model[len("nanogpt:"):]) if model.startswith("nanogpt:") \
+        else resolve_model_dir(model)
     net, tok, info = load_model(model_dir, device=device)
     trained_on = info.get("corpus", {})
     if corpus is None:
+        if not trained_on:
+            raise CorpusError(f"model {model_dir.name} does not record the text it was trained on "
+                              "(an imported nanoGPT checkpoint): pass that text with --corpus PATH")
         if trained_on.get("name", DEFAULT_CORPUS) != DEFAULT_CORPUS:
             raise CorpusError(
                 f"model {model_dir.name} was trained on {trained_on.get('name')!r} "
@@ -70,6 +75,26 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
                      corpus_sha256=text.sha256, n=n, mode=mode, activation=activation, context=context)
     store_dir = Path(store) if store else settings.stores / spec.dirname()
     return Workspace(net, tok, info, text, ids, spec, store_dir, device)
+
+
+def nanogpt_model(settings: Settings, ckpt: str) -> Path:
+    """The model directory of a nanoGPT checkpoint (``meta.pkl`` beside it), imported into
+    $FFNLENS_HOME/models on first use (named by the checkpoint's hash, so a changed file is
+    imported again)."""
+    from model.checkpoint import CheckpointError, sha256_file
+    from model.nanogpt import import_nanogpt
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise CheckpointError(f"no nanoGPT checkpoint at {ckpt!r}: give the path of its ckpt.pt")
+    meta = path.with_name("meta.pkl")
+    if not meta.exists():
+        raise CheckpointError(f"no meta.pkl beside {path}: run `ffnlens import-nanogpt {path} --meta "
+                              "PATH/TO/meta.pkl` (nanoGPT writes it under data/<dataset>/)")
+    out = settings.models / f"nanogpt-{sha256_file(path)[:12]}"
+    if not (out / "config.json").exists():
+        import_nanogpt(path, meta, out)
+    return out
 
 
 def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
