@@ -38,6 +38,16 @@ def _floats(text: str, name: str) -> list[float]:
     return vals
 
 
+TRUE, FALSE = ("1", "true", "on", "yes"), ("", "0", "false", "off", "no")
+
+
+def _flag(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in TRUE or v in FALSE:
+        return v in TRUE
+    raise QueryError(f"{name} must be 1 or 0, not {value[:20]!r}")
+
+
 def raw_params(
     prompt: str = Query("", description="the text whose next character is predicted"),
     mode: str = Query("threshold", description="'threshold' (cosine above a per-block value) or 'topk'"),
@@ -97,11 +107,11 @@ def parse(p: dict) -> ViewParams:
         raise QueryError(f"blend must be 'raw' or 'normalised', not {blend[:20]!r}")
     if blend != "raw":
         raw["blend"] = blend
-    ex = exclude_self.lower() in ("1", "true", "on", "yes")
+    ex = _flag(exclude_self, "exclude_self")
     if ex:
         raw["exclude_self"] = "1"
     backend = p.get("backend", "").strip() or None
-    if p.get("exact", "").lower() in ("1", "true", "on", "yes"):
+    if _flag(p.get("exact", ""), "exact"):
         if backend not in (None, "exact"):
             raise QueryError(f"exact=1 asks for the full scan, backend={backend[:20]!r} for another: "
                              "give one of them")
