@@ -62,7 +62,8 @@ def test_type_see_click_share(server, browser):
     t0 = time.time()
     page.locator("#prompt").type("the king ", delay=30)
     page.wait_for_selector("article.block >> nth=5")
-    page.wait_for_function("location.search.includes('prompt=the+king+')")
+    # Predicates as functions: a bare expression is eval'd in the page, which its CSP forbids.
+    page.wait_for_function("() => location.search.includes('prompt=the+king+')")
     typed = time.time() - t0
     h = page.locator(".summary .big").inner_text()
     assert float(h) >= 0
@@ -72,7 +73,7 @@ def test_type_see_click_share(server, browser):
     # One more keystroke: the panels update in place (timed for the report).
     t1 = time.time()
     page.locator("#prompt").press("a")
-    page.wait_for_function("location.search.includes('prompt=the+king+a')")
+    page.wait_for_function("() => location.search.includes('prompt=the+king+a')")
     page.wait_for_selector("article.block >> nth=5")
     print(f"\nbrowser: typing 9 characters took {typed:.2f} s; keystroke to updated panels {time.time() - t1:.3f} s")
     h2 = page.locator(".summary .big").inner_text()
