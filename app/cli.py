@@ -220,13 +220,24 @@ def cmd_serve(args, settings: Settings) -> int:
     import uvicorn
 
     from .web import create_app
-    from .workspace import about, open_engine, sibling_engines
+    from .workspace import about, open_engine, open_workspace, sibling_engines
 
     t0 = time.time()
     ws = _workspace(args, settings)
     engine = open_engine(ws, build=True, progress=not args.quiet)
+    others = {}
+    for spec in args.also or []:
+        name, _, corpus = spec.partition("=")
+        other = open_workspace(settings, model=name, corpus=corpus or None, n=args.n, mode=args.pool,
+                               device=args.device, allow_other_corpus=args.allow_other_corpus)
+        eng = open_engine(other, build=True, progress=not args.quiet)
+        label = other.spec.model_name
+        if label in others or label == ws.spec.model_name:
+            raise UsageError(f"model {label!r} is served twice; give each model once")
+        others[label] = (eng, about(other, eng), reports_dir(settings, other.store_dir),
+                         sibling_engines(other, settings.stores))
     app = create_app(engine, about(ws, engine), reports=reports_dir(settings, ws.store_dir),
-                     stores=sibling_engines(ws, settings.stores))
+                     stores=sibling_engines(ws, settings.stores), models=others if others else None)
     print(f"ffnlens: {ws.spec.model_name} on {ws.corpus.name} ready in {time.time() - t0:.1f} s; "
           f"serving http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -339,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--also", action="append", metavar="MODEL[=CORPUS]",
+                   help="serve another model beside the first, under /m/NAME/ (repeatable; "
+                        "CORPUS when it is not the default text), e.g. --also blog-cpu=tinyshakespeare.txt")
     s.set_defaults(func=cmd_serve, build=True)
 
     e = sub.add_parser("eval", help="METHOD.md's reference evaluation on prompts from the pool")

@@ -70,7 +70,8 @@ def test_the_explorer_switches_stores_by_url(context_ws, workspace, engine, sett
     assert set(info["stores"]) >= {"pool", "context16"} and info["stores"]["context16"]["context"] == 16
     pool = client.get("/api/query", params={"prompt": "the king and "}).json()
     ctx = client.get("/api/query", params={"prompt": "the king and ", "store": "context16"}).json()
-    assert pool["store"] == "pool" and ctx["store"] == "context16"
+    assert pool["store"]["label"] == "pool" and ctx["store"]["label"] == "context16"
+    assert ctx["store"]["pool_size"] != pool["store"]["pool_size"]
     assert "store=context16" in ctx["permalink"] and "store" not in pool["permalink"]
     assert ctx["blocks"][0]["neighbours"] != pool["blocks"][0]["neighbours"] or \
         ctx["blocks"][-1]["neighbours"] != pool["blocks"][-1]["neighbours"]

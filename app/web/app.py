@@ -56,6 +56,7 @@ class Explorer:
                  stores: dict[str, Engine] | None = None, gate: Gate | None = None,
                  cache_rows: int = 4_000_000):
         self.engine = engine
+        self.base = ""  # the path the explorer is mounted at ("/m/NAME" beside another model)
         self.engines = {label: self._backends(e)
                         for label, e in {DEFAULT_STORE: engine, **(stores or {})}.items()}
         self.about = {**about, "backends": list(self.engines[DEFAULT_STORE]),
@@ -139,11 +140,15 @@ class Explorer:
 
 
 def create_app(engine: Engine, about: dict | None = None, reports: Path | None = None,
-               stores: dict[str, Engine] | None = None, gate: Gate | None = None) -> FastAPI:
+               stores: dict[str, Engine] | None = None, gate: Gate | None = None,
+               models: dict | None = None, base: str = "") -> FastAPI:
     """The explorer over ``engine``; ``reports``: the folder where ``ffnlens eval --report`` writes
     this store's reports (one subfolder per mode), served at /report; ``stores``: engines over other
     stores of the same model and pool, by label (``store=`` in a URL); ``gate``: how many engine
-    calls run at once and wait (default: FFNLENS_MAX_RUNNING=2, FFNLENS_MAX_WAITING=32)."""
+    calls run at once and wait (default: FFNLENS_MAX_RUNNING=2, FFNLENS_MAX_WAITING=32);
+    ``models``: other models served beside this one, {name: (engine, about, reports, stores)},
+    each a whole explorer of its own under /m/{name}/ (sharing the gate: they share the cores);
+    ``base``: the path this explorer is mounted at (its links start with it)."""
     app = FastAPI(
         title="ffnlens",
         version=__version__,
@@ -153,7 +158,16 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
     )
     app.add_middleware(Guard)
     explorer = Explorer(engine, about or {}, stores=stores, gate=gate)
+    explorer.base = base
     templates = Jinja2Templates(directory=str(ROOT / "templates"))
+    templates.env.globals["base"] = base
+    if models is not None:  # the root explorer: mount the others, and let every page list them all
+        names = {(about or {}).get("model", "default"): ""}
+        names.update({name: f"/m/{name}" for name in models})
+        explorer.about["models"] = names
+        for name, (eng, ab, rep, st) in models.items():
+            sub = create_app(eng, {**ab, "models": names}, rep, st, explorer.gate, base=f"/m/{name}")
+            app.mount(f"/m/{name}", sub)
 
     def error_response(request: Request, message: str, status: int, headers: dict | None = None):
         """A 4xx/5xx with its message: JSON under /api/, the error page otherwise."""
@@ -193,19 +207,23 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
         ``present(result, engine)`` returns what to add to the context (default: the main page's
         data). Returns (context, status); a refusal leaves its message in ``context["error"]``."""
         ctx = {"form": p, "about": ex.about, "defaults": ex.defaults(), "data": None, "error": None,
-               "permalink": "/?" + urlencode({k: v for k, v in p.items() if v}), "vp": None}
+               "permalink": ex.base + "/?" + urlencode({k: v for k, v in p.items() if v}), "vp": None}
         try:
             vp = parse(p)
             ctx["vp"] = vp
-            ctx["permalink"] = "/?" + vp.query_string() if vp.raw else "/"
+            ctx["permalink"] = ex.base + ("/?" + vp.query_string() if vp.raw else "/")
             ctx["defaults"] = ex.defaults(vp.store)
             if vp.prompt or need_prompt:
                 eng = ex.engine_for(vp)
                 if check:
                     check(vp, eng)
                 ctx["qs"] = vp.query_string()
-                ctx.update(ex.run(vp, present or (lambda res, eng: {"data": {
-                    **query_dict(res, eng.store, eng.tok.chars), "store": vp.store or DEFAULT_STORE}})))
+                def main_page(res, eng):
+                    d = query_dict(res, eng.store, eng.tok.chars)
+                    d["store"]["label"] = vp.store or DEFAULT_STORE
+                    return {"data": d}
+
+                ctx.update(ex.run(vp, present or main_page))
             return ctx, 200
         except QueryError as e:
             ctx["error"] = str(e)
