@@ -40,3 +40,13 @@ def test_two_models_in_one_app(tmp_path, workspace, engine, settings):
     root = client.get("/", params={"prompt": "the king "})
     assert 'href="/blocks/0?' in root.text and f'href="/m/{name2}/"' in root.text
     assert client.get("/m/nope/api/info").status_code == 404
+
+
+def test_report_permalinks_follow_the_model_they_are_served_under():
+    from app.web.app import _rebase_urls
+
+    report = {"interesting": {"worst": [{"prompt": "a", "url": "/?prompt=a"}]}, "url": "https://x/",
+              "rows": [{"url": "/?prompt=b&mode=topk"}]}
+    _rebase_urls(report, "/m/other")
+    assert report["interesting"]["worst"][0]["url"] == "/m/other/?prompt=a"
+    assert report["rows"][0]["url"] == "/m/other/?prompt=b&mode=topk" and report["url"] == "https://x/"

@@ -139,6 +139,19 @@ class Explorer:
                 "rule_text": st.defaults.get("rule_text", "")}
 
 
+def _rebase_urls(obj, base: str) -> None:
+    """Prefix every root-relative "url" in a report (in place) with the explorer's mount path."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "url" and isinstance(v, str) and v.startswith("/"):
+                obj[k] = base + v
+            else:
+                _rebase_urls(v, base)
+    elif isinstance(obj, list):
+        for v in obj:
+            _rebase_urls(v, base)
+
+
 def create_app(engine: Engine, about: dict | None = None, reports: Path | None = None,
                stores: dict[str, Engine] | None = None, gate: Gate | None = None,
                models: dict | None = None, base: str = "") -> FastAPI:
@@ -344,7 +357,10 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
         if err:
             return templates.TemplateResponse(request, "error.html", {"error": err[0], "about": ex.about},
                                               status_code=err[1])
-        page = render_html(*load_report(folder))
+        report, figures = load_report(folder)
+        if ex.base:  # the report's permalinks were written for an explorer at "/"
+            _rebase_urls(report, ex.base)
+        page = render_html(report, figures)
         # The page inlines static/style.css (it also stands alone on disk) and colours its swatches
         # with style attributes: those exact styles are allowed by hash; scripts stay external.
         return HTMLResponse(page, headers={"Content-Security-Policy": csp_with_inline_styles(page)})
