@@ -21,9 +21,9 @@ class Neighbours:
     sort costs 7 ms there, the first ten well under one).
 
     A backend that proves a row qualifies without computing its similarity (the bound) leaves that
-    similarity NaN and passes ``lo``/``hi``, certain bounds on it (lo <= sim <= hi), and ``fill``, which computes
-    similarities of given rows; they are computed when first needed, and ``top(m)`` computes only
-    those whose ``hi`` can reach the m-th value."""
+    similarity NaN and passes ``lo``/``hi``, certain bounds on it (lo <= sim <= hi), and ``fill``,
+    which computes the similarities of given rows; they are computed when first needed, and
+    ``top(m)`` computes only those whose ``hi`` can reach the m-th value."""
 
     def __init__(self, rows: np.ndarray, sims: np.ndarray, ordered: bool = False,
                  lo: np.ndarray | None = None, hi: np.ndarray | None = None, fill=None):
@@ -77,11 +77,13 @@ class Neighbours:
         if self._fill is not None:
             # First the missing rows with the best upper bounds (a guess at the first m); then at
             # least m rows certainly reach t, the m-th largest of (known value, else lower bound),
-            # and a row whose upper bound stays below t cannot be among the first m. (With t from
-            # the lower bounds alone, block 5 of blog-cpu computed 65,000 of 100,000; so, 61-1,055.)
+            # and a row whose upper bound stays below t cannot be among the first m. Measured on
+            # blog-cpu's block 5: 322 of 100,000 similarities computed (t from the lower bounds
+            # alone, without the guess, needed 65,000).
             missing = np.flatnonzero(np.isnan(self._sims))
             g = min(len(missing), max(4 * m, 256))
-            self._complete(missing[np.argpartition(self._hi[missing], len(missing) - g)[len(missing) - g :]])
+            best = np.argpartition(self._hi[missing], len(missing) - g)[len(missing) - g :]
+            self._complete(missing[best])
             if self._fill is not None:
                 floor = np.where(np.isnan(self._sims), self._lo, self._sims)
                 t = np.partition(floor, n - m)[n - m]
