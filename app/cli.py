@@ -158,13 +158,21 @@ def _report(args, settings: Settings, ws, engine, qs) -> int:
     from .workspace import about
 
     store = engine.store
+    length = args.prompt_length or store.pool.n
+    if length != store.pool.n and args.pool != "heldout":
+        raise UsageError("--prompt-length needs --pool heldout: reference prompts are the pool's "
+                         f"own {store.pool.n}-character strings")
+    if not store.pool.n <= length <= engine.model.cfg.block_size:
+        raise UsageError(f"--prompt-length must lie between the pool strings' length ({store.pool.n}) "
+                         f"and the model's context ({engine.model.cfg.block_size}), not {length}")
     if args.pool == "heldout":
-        prompts = heldout_prompts(store, ws.corpus.n_train, args.prompts, args.seed)
+        prompts = heldout_prompts(store, ws.corpus.n_train, args.prompts, args.seed, length)
         if len(prompts) == 0:
             raise UsageError("no validation string is absent from the pool: the corpus is too small "
                              "for a held-out evaluation")
         qs = replace(qs, exclude_self=True)
-        text, label = ws.ids[: ws.corpus.n_train], "held-out"
+        text = ws.ids[: ws.corpus.n_train]
+        label = "held-out" if length == store.pool.n else f"held-out-{length}"
     else:
         prompts, text, label = reference_prompts(store, args.prompts, args.seed), ws.ids, "reference"
     baselines = standard_baselines(engine.model, text, len(engine.tok), engine.device)
@@ -172,7 +180,7 @@ def _report(args, settings: Settings, ws, engine, qs) -> int:
     baselines.update(sibling_baselines(settings, ws, qs))
     report, figures = build_report(engine, prompts, qs, baselines, label, about=about(ws, engine),
                                    progress=not args.quiet, backend=None if args.backend == "auto"
-                                   else args.backend, extra={"seed": args.seed})
+                                   else args.backend, extra={"seed": args.seed, "prompt_length": length})
     out = Path(args.report) if args.report else reports_dir(settings, ws.store_dir) / label
     page = write_report(out, report, figures)
     h = report["headline"]
@@ -359,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(e)
     _query_args(e)
     e.add_argument("--prompts", type=int, default=2000)
+    e.add_argument("--prompt-length", type=int, default=None, metavar="L",
+                   help="with --pool heldout: prompts of L characters of validation text, each "
+                        "ending with a string absent from the pool, so the model reads it in context "
+                        "(default: the pool strings' length); the report is mode held-out-L")
     e.add_argument("--seed", type=int, default=1337)
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",

@@ -68,25 +68,32 @@ def calibrate_thresholds(engine: Engine, n_prompts: int = 256, seed: int = 7,
     }
 
 
-def heldout_prompts(store: Store, n_train: int, n: int, seed: int = 1337) -> np.ndarray:
+def heldout_prompts(store: Store, n_train: int, n: int, seed: int = 1337,
+                    length: int | None = None) -> np.ndarray:
     """METHOD.md's held-out prompts: distinct n-character strings that start in the validation part
     of the corpus (at or after ``n_train``) and are absent from the store's pool; ``n`` of them
-    chosen by ``torch.manual_seed(seed); torch.randperm``. Returns (n, pool n) token ids."""
+    chosen by ``torch.manual_seed(seed); torch.randperm``. Returns (n, pool n) token ids.
+
+    With ``length`` L > pool n, each prompt is the L characters of validation text that end with
+    such a string (distinct by that string), so the model reads it in context."""
     from .corpus import string_keys
 
     ids, width = store.corpus_ids, store.pool.n
-    starts = np.arange(n_train, len(ids) - width + 1)
+    L = width if length is None else int(length)
+    if L < width:
+        raise ValueError(f"a prompt length of {L} is shorter than the pool strings ({width})")
+    starts = np.arange(n_train + L - width, len(ids) - width + 1)  # of the final n-string
     if len(starts) == 0:
-        return np.zeros((0, width), dtype=np.int64)
+        return np.zeros((0, L), dtype=np.int64)
     strings = ids[starts[:, None] + np.arange(width)]
     keys = string_keys(strings, len(store.manifest["vocab"]))
     pool_keys = string_keys(store.pool.strings(store.corpus_ids), len(store.manifest["vocab"]))
     fresh = ~np.isin(keys, pool_keys)
     _, first = np.unique(keys[fresh], return_index=True)
-    cand = strings[fresh][np.sort(first)]
+    ends = starts[fresh][np.sort(first)] + width  # one past each prompt's last character
     torch.manual_seed(seed)
-    pick = torch.randperm(len(cand))[: min(n, len(cand))].numpy()
-    return cand[pick].astype(np.int64)
+    pick = torch.randperm(len(ends))[: min(n, len(ends))].numpy()
+    return ids[ends[pick, None] - L + np.arange(L)].astype(np.int64)
 
 
 def prompt_ids(store: Store, prompts) -> tuple[np.ndarray, np.ndarray]:

@@ -82,3 +82,28 @@ def test_the_explorer_switches_stores_by_url(context_ws, workspace, engine, sett
     bad = client.get("/api/query", params={"prompt": "the king", "store": "context99"})
     assert bad.status_code == 400 and "context16" in bad.json()["detail"]
     assert client.get("/api/query", params={"prompt": "x", "store": "<b>"}).status_code == 400
+
+
+def test_held_out_prompts_can_be_read_in_context(settings, micro_model_dir, micro_corpus):
+    """--prompt-length L: L characters of validation text ending with a string absent from the pool."""
+    from app.corpus import string_keys
+    from app.evaluate import heldout_prompts
+    from app.workspace import open_engine, open_workspace
+
+    ws = open_workspace(settings, model=str(micro_model_dir), corpus=str(micro_corpus), mode="heldout")
+    st = open_engine(ws, build=True, progress=False).store
+    n, n_train = st.pool.n, ws.corpus.n_train
+    ids = st.corpus_ids
+    short = heldout_prompts(st, n_train, 50, 7)
+    assert np.array_equal(heldout_prompts(st, n_train, 50, 7, length=n), short)
+    long = heldout_prompts(st, n_train, 50, 7, length=24)
+    assert long.shape[1] == 24 and len(long) > 0
+    V = len(st.manifest["vocab"])
+    pool = set(string_keys(st.pool.strings(ids), V).tolist())
+    ends = string_keys(long[:, -n:], V)
+    assert not (set(ends.tolist()) & pool) and len(set(ends.tolist())) == len(long)
+    text = ids[n_train:].tolist()
+    for p in long[:10].tolist():  # each prompt is a stretch of the validation text
+        assert any(text[i : i + 24] == p for i in range(len(text) - 23))
+    with pytest.raises(ValueError, match="shorter"):
+        heldout_prompts(st, n_train, 5, 7, length=n - 1)
