@@ -89,9 +89,15 @@ class BoundSearch(ExactSearch):
                                 torch.from_numpy(np.array(self.resid[b])).to(self.device))
             pt, rt = self._gpu[b]
             return torch.from_numpy(qp).to(self.device) @ pt + float(qr) * rt
+        return torch.from_numpy(self._cpu_bounds(b, qp, qr)[0])
+
+    def _cpu_bounds(self, b: int, qp: np.ndarray, qr: np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(P,) upper bounds on the CPU, and the residual term |q_r| |x_r| in them (the bound's
+        lower side is the upper one less twice that term)."""
+        slack = qr * self.resid[b]
         ub = qp @ self.proj[b]  # k streaming passes over P float32 values
-        ub += qr * self.resid[b]
-        return torch.from_numpy(ub)
+        ub += slack
+        return ub, slack
 
     def _candidates(self, b: int, q: torch.Tensor, thr: float) -> torch.Tensor:
         ub = self.bounds(b, q)
@@ -109,10 +115,7 @@ class BoundSearch(ExactSearch):
         or its first strings are shown (see Neighbours)."""
         if self.device != "cpu":
             return super().threshold(b, q, thr, exclude)
-        qp, qr = self._query_parts(b, q)
-        ub = qp @ self.proj[b]
-        slack = qr * self.resid[b]
-        ub += slack
+        ub, slack = self._cpu_bounds(b, *self._query_parts(b, q))
         cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
         if exclude is not None:
             cand = cand[cand != exclude]

@@ -42,8 +42,8 @@ from .store import Store, StoreError, ivf_names
 FLOAT_MARGIN = 1e-4  # the least rounding margin; see float_margin
 KINDS = ("sq8", "flat")
 MIN_PER_LIST = 39  # faiss's k-means wants at least 39 training points per centroid
-PROBE_FRACTION = 16
-KMEANS_ITERATIONS = 10  # default nprobe = nlist / 16
+PROBE_FRACTION = 16  # default nprobe = nlist / 16
+KMEANS_ITERATIONS = 10
 REBUILD = "run `ffnlens index` to build it again"
 
 

@@ -120,13 +120,6 @@ class Explorer:
             with lock:
                 return present(res, engine)
 
-    def query(self, vp: ViewParams) -> tuple[QueryResult, Engine]:
-        """The answer to ``vp`` through the gate (a cached answer may be shared: read it through
-        :meth:`run` where requests run concurrently)."""
-        with self.gate:
-            res, engine, _ = self._answer(vp)
-        return res, engine
-
     def defaults(self, store: str | None = None) -> dict:
         es = self.engines.get(store or DEFAULT_STORE) or self.engines[DEFAULT_STORE]
         st = next(iter(es.values())).store
