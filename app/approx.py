@@ -11,8 +11,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from model.gpt import GPT, Trace
+from model.errors import FfnlensError
+from model.gpt import GPT
 from model.tokenizer import CharTokenizer, UnknownCharacters
+
+from .metrics import hellinger, topk_agreement
 
 from .search import Neighbours, unit
 from .store import Store
@@ -20,30 +23,10 @@ from .store import Store
 # METHOD.md's hand-tuned values for the reference model (blocks 0..5).
 REFERENCE_THRESHOLDS = (0.95, 0.94, 0.85, 0.76, 0.81, 0.89)
 REFERENCE_WEIGHTS = (0.01, 0.01, 0.1, 1.5, 6.0, 0.01)
-TOPK = (1, 2, 3, 5)
 
 
-class QueryError(ValueError):
+class QueryError(FfnlensError):
     """A prompt or a setting the engine cannot use; the message says what to change."""
-
-
-# --- metrics ---------------------------------------------------------------------------------
-def hellinger(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """H(p, q) = ||sqrt p - sqrt q||_2 / sqrt 2 over the last axis, in [0, 1]."""
-    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
-    return np.sqrt(((np.sqrt(p) - np.sqrt(q)) ** 2).sum(-1) / 2.0)
-
-
-def ranking(p: np.ndarray) -> np.ndarray:
-    """Token ids by decreasing probability, ties by id (a stable, reproducible order)."""
-    return np.lexsort((np.arange(p.shape[-1]), -np.asarray(p)))
-
-
-def topk_agreement(p: np.ndarray, q: np.ndarray, ks=TOPK) -> dict:
-    """For each k: do the k most likely tokens of p and q agree in order, and as sets?"""
-    rp, rq = ranking(p), ranking(q)
-    return {k: {"order": bool((rp[:k] == rq[:k]).all()), "set": set(rp[:k]) == set(rq[:k])}
-            for k in ks}
 
 
 # --- settings and results --------------------------------------------------------------------
@@ -150,10 +133,8 @@ class Engine:
         """ids (T,) or (B, T) -> the model's softmax (V,) or (B, V) float64, and every block's FFN
         output at the last position, (L, C) or (L, B, C)."""
         idx = torch.from_numpy(np.atleast_2d(ids).astype(np.int64)).to(self.device)
-        trace = Trace(last_position=True)
-        logits, _ = self.model(idx, trace=trace, last_only=True)
-        probs = torch.softmax(logits[:, -1].double(), -1).cpu().numpy()
-        ffn = torch.stack([f[:, -1].float() for f in getattr(trace, self.activation)])
+        logits, ffn = self.model.read_last(idx, self.activation)
+        probs = torch.softmax(logits.double(), -1).cpu().numpy()
         return (probs[0], ffn[:, 0]) if ids.ndim == 1 else (probs, ffn)
 
     def query(self, prompt: str, settings: QuerySettings | None = None) -> QueryResult:
@@ -172,12 +153,11 @@ class Engine:
             counts = self.store.counts.sum_rows(nb.members)
             blocks.append(BlockResult(b, nb, counts, s.weights[b], self_row=self_row))
         counts = np.stack([br.counts for br in blocks]).astype(np.float64)
-        approx, shares_raw, shares_norm = blend(counts, np.asarray(s.weights), s.blend)
+        approx, empty, shares_raw, shares_norm = blend_or_unigram(counts, s.weights, s.blend,
+                                                                   self.unigram)
         for br, r, n in zip(blocks, shares_raw, shares_norm):
             br.share_raw, br.share_norm = float(r), float(n)
-        fallback = None
-        if approx.sum() == 0:
-            approx, fallback = self.unigram.copy(), "unigram"
+        fallback = "unigram" if empty else None
         return QueryResult(prompt=prompt, settings=s, backend=self.search.name, model_probs=probs,
                            approx=approx, blocks=blocks, hellinger=float(hellinger(probs, approx)),
                            agreement=topk_agreement(probs, approx), fallback=fallback)
@@ -206,3 +186,14 @@ def blend(counts: np.ndarray, weights: np.ndarray, mode: str = "raw"):
         return np.divide(m, s, out=np.zeros_like(m), where=s > 0)
 
     return approx, shares(raw_mass), shares(norm_mass)
+
+
+def blend_or_unigram(counts: np.ndarray, weights, mode: str, unigram: np.ndarray):
+    """:func:`blend`, then the fallback: where no block found a neighbour (an all-zero blend) the
+    approximation is the corpus's unigram distribution (V,). counts (..., L, V) ->
+    (approximation (..., V), where the fallback was used (...,) bool, raw shares, normalised
+    shares). The one rule the engine, the evaluation and the report share."""
+    approx, raw, norm = blend(counts, np.asarray(weights, dtype=np.float64), mode)
+    empty = approx.sum(-1) == 0
+    approx[empty] = unigram
+    return approx, empty, raw, norm

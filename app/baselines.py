@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from model.gpt import GPT, Trace
+from model.gpt import GPT
 
 # --- suffix array ------------------------------------------------------------------------------
 
@@ -350,15 +350,13 @@ def logit_lens(model: GPT, prompts_ids, device: str = "cpu", batch: int = 256) -
     """(B, T) ids -> (L, B, V) float64: softmax(head(ln_f(residual after block i))) at the last
     position, for every block i. The last block's is the model's own next-character softmax
     (computed exactly as the model computes it: float32 LayerNorm and head, softmax in float64).
-    Uses the residual streams the forward pass already records in its :class:`Trace`."""
+    Uses the residual streams the forward pass records (:meth:`model.gpt.GPT.read_last`)."""
     ids = np.atleast_2d(np.asarray(prompts_ids)).astype(np.int64)
     model.eval()
     out = []
     for a in range(0, len(ids), batch):
         idx = torch.from_numpy(ids[a:a + batch]).to(device)
-        trace = Trace(last_position=True)
-        model(idx, trace=trace, last_only=True, skip_head=True)
-        resid = torch.stack([r[:, -1] for r in trace.resid])  # (L, b, C)
+        _, resid = model.read_last(idx, "resid", head=False)  # (L, b, C)
         logits = model.head(model.ln_f(resid))
         out.append(torch.softmax(logits.double(), -1).cpu().numpy())
     if not out:

@@ -6,10 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+from model.errors import FfnlensError
+
 from .settings import Settings
 
 
-class UsageError(Exception):
+class UsageError(FfnlensError):
     """Bad input from the user: printed as one message, exit code 2."""
 
 
@@ -385,18 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
-    from model.checkpoint import CheckpointError
-    from model.tokenizer import UnknownCharacters
-
-    from .approx import QueryError
-    from .corpus import CorpusError
-    from .store import StoreError
-
     try:
         return args.func(args, settings)
-    except (UsageError, CorpusError, CheckpointError, UnknownCharacters, QueryError, StoreError,
-            KeyError, ValueError) as e:
-        _die(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    except FfnlensError as e:  # what a user can fix; anything else is a bug and keeps its traceback
+        _die(str(e))
     except KeyboardInterrupt:
         print("\nffnlens: interrupted (an interrupted train or index resumes where it stopped)",
               file=sys.stderr)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.errors import FfnlensError
+
 TRAIN_FRACTION = 0.9
 POOL_MODES = ("reference", "heldout")
 DEFAULT_CORPUS = "shakespeare-plays"
@@ -24,7 +26,7 @@ DEFAULT_PLAYS = ("hamlet", "macbeth", "lear", "othello", "romeo_and_juliet", "ju
 _KEEP = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ \n!&',-.:;?[]")
 
 
-class CorpusError(ValueError):
+class CorpusError(FfnlensError):
     """A corpus cannot be read or does not fit the model."""
 
 

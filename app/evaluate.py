@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .approx import TOPK, Engine, QuerySettings, blend, hellinger, ranking
+from .approx import Engine, QuerySettings, blend_or_unigram
+from .metrics import TOPK, agreement_arrays, hellinger
 from .search import unit
 from .store import Store
 
@@ -178,16 +179,12 @@ def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = 
             counts[:, b] = c
             sizes[start : start + B, b] = n
             self_hits[start : start + B, b] = h
-        approx, _, _ = blend(counts, np.asarray(s.weights), s.blend)
-        empty = approx.sum(-1) == 0
-        approx[empty] = engine.unigram
+        approx, empty, _, _ = blend_or_unigram(counts, s.weights, s.blend, engine.unigram)
         fallback[start : start + B] = empty
         H[start : start + B] = hellinger(probs, approx)
-        for i in range(B):
-            rp, rq = ranking(probs[i]), ranking(approx[i])
-            for k in TOPK:
-                agree[k]["order"][start + i] = (rp[:k] == rq[:k]).all()
-                agree[k]["set"][start + i] = set(rp[:k]) == set(rq[:k])
+        for k, a in agreement_arrays(probs, approx).items():
+            agree[k]["order"][start : start + B] = a["order"]
+            agree[k]["set"][start : start + B] = a["set"]
         if keep:
             model_all[start : start + B], approx_all[start : start + B] = probs, approx
             if keep_counts:

@@ -9,7 +9,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from .approx import QueryResult, ranking
+from .approx import QueryResult
+from .metrics import ranking
 from .store import Store
 
 VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from . import figures as fig
-from .approx import TOPK, Engine, QuerySettings, blend as blend_counts, hellinger, ranking
+from .approx import Engine, QuerySettings, blend as blend_counts, blend_or_unigram
+from .metrics import TOPK, agreement_arrays, entropy, hellinger, ranking
 from .evaluate import block_counts, evaluate, prompt_ids
 from .present import visible
 from .search import unit
@@ -57,30 +58,6 @@ PUBLISHED = {
 
 
 # --- per-prompt metrics ------------------------------------------------------------------------
-def entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy in nats over the last axis (0 log 0 = 0)."""
-    p = np.asarray(p, dtype=np.float64)
-    logs = np.log(np.where(p > 0, p, 1.0))
-    return -(p * logs).sum(-1)
-
-
-def agreement_arrays(model_probs: np.ndarray, q: np.ndarray, ks=TOPK) -> dict:
-    """Per prompt, for each k: do the k most likely tokens of the model and of q agree in order,
-    and as sets? Ranks come from :func:`app.approx.ranking` (ties by token id), as in the engine.
-    -> {k: {"order": (N,) bool, "set": (N,) bool}}."""
-    P, Q = np.atleast_2d(model_probs), np.atleast_2d(q)
-    if P.shape != Q.shape:
-        raise ValueError(f"shapes differ: model {P.shape}, other {Q.shape}")
-    N = len(P)
-    out = {k: {"order": np.zeros(N, bool), "set": np.zeros(N, bool)} for k in ks}
-    for i in range(N):
-        rp, rq = ranking(P[i]), ranking(Q[i])
-        for k in ks:
-            out[k]["order"][i] = bool((rp[:k] == rq[:k]).all())
-            out[k]["set"][i] = set(rp[:k].tolist()) == set(rq[:k].tolist())
-    return out
-
-
 def summarise(H: np.ndarray, agree: dict) -> dict:
     """Per-prompt Hellinger distances and agreement arrays -> the headline numbers."""
     H = np.asarray(H, dtype=np.float64)
@@ -219,10 +196,7 @@ def split_prompts(n: int, seed: int = 0, tune_share: float = 0.5) -> tuple[np.nd
 def blended(counts: np.ndarray, weights, mode: str, fallback: np.ndarray) -> np.ndarray:
     """(N, L, V) counts blended with ``weights`` (``mode`` raw or normalised), all-zero rows
     replaced by ``fallback`` (V,), as :func:`app.evaluate.evaluate` does."""
-    approx, _, _ = blend_counts(counts, np.asarray(weights, dtype=np.float64), mode)
-    empty = approx.sum(-1) == 0
-    approx[empty] = fallback
-    return approx
+    return blend_or_unigram(counts, weights, mode, fallback)[0]
 
 
 def mean_shares(counts: np.ndarray, weights, mode: str) -> np.ndarray:
@@ -351,9 +325,7 @@ def threshold_sweep(engine: Engine, prompts, settings: QuerySettings | None, blo
             c, n, h = block_counts(engine, block, Q, st, ex, sr)
             counts[a : a + len(sr), block] = c
             sizes[a : a + len(sr)], hits[a : a + len(sr)] = n, h
-        approx, _, _ = blend_counts(counts, np.asarray(st.weights), st.blend)
-        empty = approx.sum(-1) == 0
-        approx[empty] = engine.unigram
+        approx, empty, _, _ = blend_or_unigram(counts, st.weights, st.blend, engine.unigram)
         H = hellinger(probs, approx)
         top1 = agreement_arrays(probs, approx, ks=(1,))[1]["order"]
         out.append({"threshold": t, "mean_h": float(H.mean()) if N else None,

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model.errors import FfnlensError
+from model.files import atomic_write_json, sha256_file
 from model.gpt import GPT, Trace
 
 from .corpus import NextCounts, Pool, build_pool, build_positions, next_counts, string_keys
@@ -47,7 +49,7 @@ def ivf_names(n_layer: int) -> tuple[str, ...]:
     return tuple(IVF_PATTERN.format(b) for b in range(n_layer))
 
 
-class StoreError(ValueError):
+class StoreError(FfnlensError):
     """A store is missing, incomplete, corrupt, or was built for something else."""
 
 
@@ -83,26 +85,14 @@ class StoreSpec:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 22):
-            h.update(b)
-    return h.hexdigest()
+    atomic_write_json(path, obj, sync=False)
 
 
 @torch.inference_mode()
 def ffn_last(model: GPT, idx: torch.Tensor, activation: str = "ffn") -> torch.Tensor:
     """(B, T) ids -> (n_layer, B, C) float32: each block's FFN output (or its attention output, or
     the residual stream after it) at the last position."""
-    trace = Trace(last_position=True)
-    model(idx, trace=trace, last_only=True, skip_head=True)
-    return torch.stack([f[:, -1].float() for f in getattr(trace, activation)])
+    return model.read_last(idx, activation, head=False)[1]
 
 
 def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, device: str = "cpu",
@@ -233,7 +223,7 @@ def file_entries(path: Path, names) -> dict:
         p = path / name
         out[name] = {"bytes": p.stat().st_size}
         if name in SMALL + BOUND_SMALL:
-            out[name]["sha256"] = _sha256(p)
+            out[name]["sha256"] = sha256_file(p)
     return out
 
 
@@ -407,7 +397,7 @@ def open_store(path: Path, spec: StoreSpec | None = None, corpus_ids: np.ndarray
         if p.stat().st_size != meta["bytes"]:
             raise StoreError(f"{p} has {p.stat().st_size} bytes, the manifest says {meta['bytes']}: "
                              f"the store is truncated or corrupt; {rebuild}")
-        if verify_hashes and "sha256" in meta and _sha256(p) != meta["sha256"]:
+        if verify_hashes and "sha256" in meta and sha256_file(p) != meta["sha256"]:
             raise StoreError(f"{p} does not match its hash in the manifest; {rebuild}")
     try:
         store = load_arrays(path, manifest, corpus_ids)

@@ -81,7 +81,8 @@ def nanogpt_model(settings: Settings, ckpt: str) -> Path:
     """The model directory of a nanoGPT checkpoint (``meta.pkl`` beside it), imported into
     $FFNLENS_HOME/models on first use (named by the checkpoint's hash, so a changed file is
     imported again)."""
-    from model.checkpoint import CheckpointError, sha256_file
+    from model.checkpoint import CheckpointError
+    from model.files import sha256_file
     from model.nanogpt import import_nanogpt
 
     path = Path(ckpt)

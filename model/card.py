@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes, load_model
+from .checkpoint import load_model
+from .files import atomic_write_json
 
 SAMPLE_PROMPTS = ("\n", "The king", "What is ")
 SAMPLE_CHARS = 40
@@ -31,7 +32,7 @@ def write_card(model_dir: Path, log: Path | None = None, note: str = "") -> Path
     samples = greedy_samples(model, tok)
     card = {"weights_sha256": info["weights_sha256"], "greedy_samples": samples,
             "sample_chars": SAMPLE_CHARS}
-    atomic_write_bytes(model_dir / "card.json", (json.dumps(card, indent=2) + "\n").encode())
+    atomic_write_json(model_dir / "card.json", card)
     if log is not None and Path(log).exists():
         shutil.copyfile(log, model_dir / "train.log")
     a, r, L = info["arch"], info["recipe"], info["losses"]

@@ -6,7 +6,6 @@ leaves a half-written checkpoint where a good one was.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import FfnlensError
+from .files import atomic_write_json, sha256_file
 from .gpt import GPT, GPTConfig
 from .tokenizer import CharTokenizer
 
@@ -22,26 +23,8 @@ CONFIG = "config.json"
 COMMITTED = Path(__file__).resolve().parent / "weights"  # models that ship with the repository
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FfnlensError):
     """A model directory is missing, incomplete or inconsistent."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -64,7 +47,7 @@ def save_model(model: GPT, tok: CharTokenizer, info: dict, out_dir: Path,
     os.replace(tmp, out_dir / WEIGHTS)
     config = {"arch": model.cfg.to_dict(), "vocab": tok.chars, **info,
               "weights_sha256": sha256_file(out_dir / WEIGHTS)}
-    atomic_write_bytes(out_dir / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_json(out_dir / CONFIG, config)
     return out_dir
 
 

@@ -176,6 +176,16 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
+    @torch.inference_mode()
+    def read_last(self, idx: torch.Tensor, activation: str = "ffn", head: bool = True):
+        """idx (B, T) -> (logits at the last position (B, V) or None without ``head``, every
+        block's ``activation`` ("ffn", "attn" or "resid") at the last position (L, B, C) float32).
+        The one place the per-block outputs a query, a store or a baseline reads are taken."""
+        trace = Trace(last_position=True)
+        logits, _ = self(idx, trace=trace, last_only=True, skip_head=not head)
+        acts = torch.stack([t[:, -1].float() for t in getattr(trace, activation)])
+        return (logits[:, -1] if head else None), acts
+
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, n: int) -> torch.Tensor:
         """Greedy continuation by n tokens (deterministic: used by model cards and tests)."""

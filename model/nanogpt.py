@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, save_model, sha256_file
+from .checkpoint import CheckpointError, save_model
+from .files import sha256_file
 from .gpt import GPT, GPTConfig
 from .tokenizer import CharTokenizer
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .errors import FfnlensError
 from .gpt import GPTConfig
 
 
@@ -134,5 +135,5 @@ PRESETS = {"tiny": _tiny, "blog-cpu": _blog_cpu, "blog": _blog}
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise FfnlensError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import FfnlensError
 
-class UnknownCharacters(ValueError):
+
+class UnknownCharacters(FfnlensError):
     """A text holds characters the vocabulary lacks."""
 
     def __init__(self, chars: list[str]):

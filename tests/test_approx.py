@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from app.approx import QueryError, QuerySettings, blend, hellinger, topk_agreement
+from app.approx import QueryError, QuerySettings, blend
+from app.metrics import hellinger, topk_agreement
 
 
 def test_hellinger_bounds_and_symmetry():

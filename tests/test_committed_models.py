@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from model.card import SAMPLE_CHARS, greedy_samples
-from model.checkpoint import COMMITTED, load_model, sha256_file
+from model.checkpoint import COMMITTED, load_model
+from model.files import sha256_file
 
 MODELS = sorted(p.parent.name for p in COMMITTED.glob("*/config.json"))
 

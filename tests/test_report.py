@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from app import figures
-from app.approx import QuerySettings, blend, hellinger
-from app.report import (APPROX, agreement_arrays, entropy, fit_weights, interesting, log_edges,
+from app.approx import QuerySettings, blend
+from app.metrics import hellinger
+from app.metrics import agreement_arrays, entropy
+from app.report import (APPROX, fit_weights, interesting, log_edges,
                         neighbour_stats, paired, permalink, score, split_prompts, strata,
                         to_jsonable)
 
