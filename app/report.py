@@ -33,6 +33,7 @@ from .approx import Engine, QuerySettings, blend as blend_counts, blend_or_unigr
 from .metrics import TOPK, agreement_arrays, entropy, hellinger, ranking
 from .evaluate import block_counts, evaluate, prompt_ids
 from .present import visible
+from .templating import environment
 from .search import unit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -768,17 +769,6 @@ def to_jsonable(obj):
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def _env():
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-    env = Environment(loader=FileSystemLoader(str(ROOT / "templates")),
-                      autoescape=select_autoescape(default=True, default_for_string=True))
-    env.filters["visible"] = visible
-    env.filters["f"] = lambda v, fmt="{:.4f}": "–" if v is None else fmt.format(v)
-    env.filters["pct"] = lambda v, d=1: "–" if v is None else f"{100 * v:.{d}f} %"
-    return env
-
-
 def render_html(report: dict, figures: dict, embed: bool = True, figure_dir: str = "figures") -> str:
     """The report page (templates/report.html, autoescaped). With ``embed`` the SVGs are inlined
     (they are generated here, every text in them escaped); otherwise they are linked as
@@ -787,7 +777,7 @@ def render_html(report: dict, figures: dict, embed: bool = True, figure_dir: str
 
     figs = {name: (Markup(svg) if embed else None) for name, svg in figures.items()}
     site_css = Markup((ROOT / "static" / "style.css").read_text())  # our own file, not user text
-    return _env().get_template("report.html").render(
+    return environment().get_template("report.html").render(
         r=report, figs=figs, embed=embed, figure_dir=figure_dir, approx=APPROX, site_css=site_css)
 
 

@@ -23,6 +23,7 @@ from .. import __version__
 from ..approx import Engine, QueryError, QueryResult
 from ..search import available_backends, make_search
 from ..present import SORTS, block_dict, context, query_dict, visible
+from ..templating import environment
 from .gate import Busy, Gate
 from .params import ViewParams, parse, raw_params
 from .safety import Guard, csp_for_docs, csp_with_inline_styles, wants_json
@@ -165,7 +166,7 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
     app.add_middleware(Guard)
     explorer = Explorer(engine, about or {}, stores=stores, gate=gate)
     explorer.base = base
-    templates = Jinja2Templates(directory=str(ROOT / "templates"))
+    templates = Jinja2Templates(env=environment())
     templates.env.globals["base"] = base
     if models is not None:  # the root explorer: mount the others, and let every page list them all
         names = {(about or {}).get("model", "default"): ""}
@@ -201,7 +202,6 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
         return error_response(request, exc.message, 503, {"Retry-After": str(exc.retry_after)})
 
     app.state.explorer = explorer
-    templates.env.filters["visible"] = visible
     templates.env.globals["htmx_available"] = VENDOR.exists()
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
