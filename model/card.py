@@ -1,10 +1,16 @@
 """Model cards: a short human-readable CARD.md and a card.json with greedy samples for checks.
 
-    python -m model.card MODEL_DIR [--log TRAINING_LOG]
+    python -m model.card MODEL_DIR [--log TRAINING_LOG] [--note TEXT]
+                        [--recheck CORPUS --recheck-batches N]
+
+``--recheck`` recomputes the losses on this machine's CPU from the corpus the model was trained on:
+the first N of the very batches ``ffnlens train`` drew for its final estimate (same seeds, same
+windows), so a model trained elsewhere (a GPU, TF32 products) is checked where it is used.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model
+from .errors import FfnlensError
 from .files import atomic_write_json
 
 SAMPLE_PROMPTS = ("\n", "The king", "What is ")
@@ -26,12 +33,42 @@ def greedy_samples(model, tok) -> dict[str, str]:
     return out
 
 
-def write_card(model_dir: Path, log: Path | None = None, note: str = "") -> Path:
+TRAIN_FRACTION = 0.9  # the corpus split ffnlens trains with (app.corpus.TRAIN_FRACTION)
+
+
+def recheck_losses(model, tok, info: dict, corpus: Path, batches: int) -> dict:
+    """Train and validation loss on the first ``batches`` of the batches the final estimate of
+    ``ffnlens train`` drew (its seeds 1 and 2, its windows), on the CPU in float32."""
+    import numpy as np
+
+    from .train import estimate_loss
+
+    text = Path(corpus).read_text(encoding="utf-8")
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != info["corpus"]["sha256"]:
+        raise FfnlensError(f"{corpus} is not the text the model was trained on "
+                           f"(sha256 {info['corpus']['sha256'][:16]}...)")
+    ids = torch.from_numpy(tok.encode(text).astype(np.int64))
+    n = int(TRAIN_FRACTION * len(text))
+    r = info["recipe"]
+    out = {"batches": batches, "batch_size": r["batch_size"], "window": r["window"]}
+    for name, data, seed in (("train", ids[:n], 1), ("val", ids[n:], 2)):
+        out[name] = round(estimate_loss(model, data, r["batch_size"], r["window"], batches, seed, "cpu"), 4)
+    return out
+
+
+def write_card(model_dir: Path, log: Path | None = None, note: str = "", corpus: Path | None = None,
+               recheck_batches: int = 8) -> Path:
     model_dir = Path(model_dir)
     model, tok, info = load_model(model_dir)
     samples = greedy_samples(model, tok)
     card = {"weights_sha256": info["weights_sha256"], "greedy_samples": samples,
             "sample_chars": SAMPLE_CHARS}
+    recheck = ""
+    if corpus is not None:
+        card["cpu_recheck"] = rc = recheck_losses(model, tok, info, corpus, recheck_batches)
+        recheck = (f"\n- Rechecked on this CPU ({torch.__version__}, float32): on the first {rc['batches']} of "
+                   f"those batches ({rc['batch_size']} windows of {rc['window']}), train {rc['train']:.4f}, "
+                   f"validation {rc['val']:.4f} (`python -m model.card {model_dir.name} --recheck CORPUS`).")
     atomic_write_json(model_dir / "card.json", card)
     if log is not None and Path(log).exists():
         shutil.copyfile(log, model_dir / "train.log")
@@ -60,7 +97,7 @@ Preset `{info['preset']}`, trained by `ffnlens train` from this repository.
 - Trained {info['steps']:,} steps in {info['wall_time_s'] / 60:.1f} minutes on {info['machine']}
   (device {info['device']}). {note}
 - Final loss on {r['eval_iters']} random batches per split: train {L['train']:.4f}, validation
-  {L['val']:.4f}; validation on {extra_val}.
+  {L['val']:.4f}; validation on {extra_val}.{recheck}
 - Code: commit `{info['code_commit']}`. Weights: float16 safetensors, sha256
   `{info['weights_sha256']}`.
 
@@ -82,5 +119,13 @@ if __name__ == "__main__":
     ap.add_argument("model_dir")
     ap.add_argument("--log", default=None)
     ap.add_argument("--note", default="")
+    ap.add_argument("--recheck", default=None, metavar="CORPUS",
+                    help="recompute the losses on the CPU from this corpus")
+    ap.add_argument("--recheck-batches", type=int, default=8)
     a = ap.parse_args()
-    print(write_card(Path(a.model_dir), a.log, a.note))
+    d = Path(a.model_dir)
+    if not (d / "config.json").exists():
+        from .checkpoint import resolve_model_dir
+
+        d = resolve_model_dir(a.model_dir)
+    print(write_card(d, a.log, a.note, a.recheck, a.recheck_batches))

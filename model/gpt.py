@@ -53,6 +53,31 @@ class Trace:
     resid: list[torch.Tensor] = field(default_factory=list)  # residual stream after the block
 
 
+@dataclass(frozen=True)
+class Intervention:
+    """Sublayers to leave out of one forward pass (METHOD.md's intervention figures).
+
+    A dropped attention makes block b's output ``x + ffn(ln2(x))``; a dropped FFN makes it
+    ``x + attn(ln1(x))``; the rest of the model runs unchanged on what it is given. A dropped
+    sublayer's output is recorded as zeros in a :class:`Trace`."""
+
+    drop_attn: frozenset[int] = frozenset()  # blocks whose attention output is left out
+    drop_ffn: frozenset[int] = frozenset()  # blocks whose FFN output is left out
+
+    @classmethod
+    def only_ffn(cls, keep, n_layer: int) -> "Intervention":
+        """Keep only the FFNs of the blocks in ``keep`` (every other block's FFN dropped)."""
+        return cls(drop_ffn=frozenset(range(n_layer)) - frozenset(keep))
+
+    def check(self, n_layer: int) -> None:
+        bad = sorted(b for b in self.drop_attn | self.drop_ffn if not 0 <= b < n_layer)
+        if bad:
+            raise ValueError(f"intervention names blocks {bad}; the model has blocks 0-{n_layer - 1}")
+
+    def __bool__(self) -> bool:
+        return bool(self.drop_attn or self.drop_ffn)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -98,14 +123,15 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, trace: Trace | None = None, last_only: bool = False):
-        a = self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, trace: Trace | None = None, last_only: bool = False,
+                drop_attn: bool = False, drop_ffn: bool = False):
+        a = torch.zeros_like(x) if drop_attn else self.attn(self.ln1(x))
         x = x + a
         if last_only:
             # Only the last position is wanted from here on: keys and values above needed every
             # position, the FFN does not.
             x, a = x[:, -1:], a[:, -1:]
-        f = self.ffn(self.ln2(x))
+        f = torch.zeros_like(x) if drop_ffn else self.ffn(self.ln2(x))
         x = x + f
         if trace is not None:
             keep = slice(-1, None) if trace.last_position else slice(None)
@@ -151,13 +177,14 @@ class GPT(nn.Module):
         trace: Trace | None = None,
         last_only: bool = False,
         skip_head: bool = False,
+        intervention: Intervention | None = None,
     ):
         """idx (B, T) of token ids -> logits (B, T, V), or (B, 1, V) with ``last_only``.
 
         ``trace``: a :class:`Trace` to fill with every block's activations.
         ``last_only``: compute the final block's FFN, the final LayerNorm and the head only at the
         last position (all that a next-token query needs). ``skip_head``: return None instead of
-        logits (an activation store needs only the trace).
+        logits (an activation store needs only the trace). ``intervention``: sublayers to leave out.
         """
         B, T = idx.shape
         assert T <= self.cfg.block_size, (
@@ -166,8 +193,10 @@ class GPT(nn.Module):
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         last = len(self.blocks) - 1
+        iv = intervention or Intervention()
         for i, block in enumerate(self.blocks):
-            x = block(x, trace, last_only=last_only and i == last)
+            x = block(x, trace, last_only=last_only and i == last,
+                      drop_attn=i in iv.drop_attn, drop_ffn=i in iv.drop_ffn)
         if skip_head:
             return None, None
         logits = self.head(self.ln_f(x))
@@ -177,12 +206,13 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.inference_mode()
-    def read_last(self, idx: torch.Tensor, activation: str = "ffn", head: bool = True):
+    def read_last(self, idx: torch.Tensor, activation: str = "ffn", head: bool = True,
+                  intervention: Intervention | None = None):
         """idx (B, T) -> (logits at the last position (B, V) or None without ``head``, every
         block's ``activation`` ("ffn", "attn" or "resid") at the last position (L, B, C) float32).
         The one place the per-block outputs a query, a store or a baseline reads are taken."""
         trace = Trace(last_position=True)
-        logits, _ = self(idx, trace=trace, last_only=True, skip_head=not head)
+        logits, _ = self(idx, trace=trace, last_only=True, skip_head=not head, intervention=intervention)
         acts = torch.stack([t[:, -1].float() for t in getattr(trace, activation)])
         return (logits[:, -1] if head else None), acts
 
