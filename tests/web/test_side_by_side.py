@@ -1,7 +1,7 @@
 """Several models served side by side by one app: the first at /, the others under /m/{name}/."""
 from fastapi.testclient import TestClient
 
-from .test_nanogpt import nanogpt_checkpoint
+from ..test_nanogpt import nanogpt_checkpoint
 
 
 def test_two_models_in_one_app(tmp_path, workspace, engine, settings):
