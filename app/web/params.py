@@ -1,131 +1,87 @@
-"""URL parameters <-> one settings object. Everything a page shows is determined by its URL;
-parameters at their defaults are left out of the canonical URL."""
+"""The query parameters of each family of routes, as pydantic models (so /docs documents each one),
+and their reading into one settings object through the settings <-> URL codec (app/links.py).
+
+The prompt's settings stay text here: a page shows them back in its form exactly as typed, and an
+empty field means the default; :func:`parse` checks them with the codec. Numbers that only a route
+reads (block, page, per_page, pos, width) are typed: one that is not a whole number, or a page out
+of :data:`RANGES`, is a 400 from the validation handler (app/web/errors.py); the ranges of per_page
+and width, and sort's choices, are checked by their routes (:func:`check_range`), which answer with
+their own page and the message inline, as before."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from urllib.parse import urlencode
+from pydantic import BaseModel, Field
 
-from fastapi import Query
+from ..links import BACKENDS, MAX_PROMPT, ViewParams, decode
+from ..present import SORTS
 
-from ..approx import REFERENCE_THRESHOLDS, QueryError, QuerySettings
-from ..search import BACKENDS as SEARCH_BACKENDS
+MAX_PER_PAGE = 500
+RANGES = {"page": (1, 1_000_000), "per_page": (1, MAX_PER_PAGE), "width": (1, 5000)}
 
-BACKENDS = tuple(b for b in SEARCH_BACKENDS if b != "auto")  # a URL names one (the store may lack it)
-MAX_PROMPT = 1000  # characters accepted in a URL before the model's own context check
-
-
-@dataclass
-class ViewParams:
-    prompt: str
-    settings: QuerySettings  # thresholds/weights None: the store's defaults
-    backend: str | None  # "exact", "bound" or "ivf"; None: the explorer's default
-    store: str | None  # a store's label ("pool", "context256", ...); None: the default store
-    raw: dict  # the non-default parameters as given, for links and forms
-
-    def query_string(self, **extra) -> str:
-        items = {**self.raw, **{k: v for k, v in extra.items() if v is not None}}
-        return urlencode(items)
+__all__ = ["BACKENDS", "MAX_PROMPT", "MAX_PER_PAGE", "RANGES", "ViewParams", "QueryParams",
+           "BlockParams", "CorpusParams", "ReportParams", "SORTS", "check_range", "parse"]
 
 
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise QueryError(f"{name} must be comma-separated numbers, e.g. 0.99,0.99,0.98,0.98,0.98,0.9")
-    if not all(math.isfinite(v) for v in vals):
-        raise QueryError(f"{name} must be finite numbers (no NaN or infinity)")
-    return vals
+class QueryParams(BaseModel):
+    """The prompt and its settings: /, /results, /api/query (and the block routes)."""
 
-
-TRUE, FALSE = ("1", "true", "on", "yes"), ("", "0", "false", "off", "no")
-
-
-def _flag(value: str, name: str) -> bool:
-    v = value.strip().lower()
-    if v in TRUE or v in FALSE:
-        return v in TRUE
-    raise QueryError(f"{name} must be 1 or 0, not {value[:20]!r}")
-
-
-def raw_params(
-    prompt: str = Query("", description="the text whose next character is predicted"),
-    mode: str = Query("threshold", description="'threshold' (cosine above a per-block value) or 'topk'"),
-    thresholds: str = Query("", description="per-block cosine thresholds, comma-separated, or "
-                            "'reference' for METHOD.md's; empty: the store's calibrated defaults"),
-    k: str = Query("200", description="neighbours per block in topk mode"),
-    weights: str = Query("", description="per-block blend weights, comma-separated; empty: "
-                         "METHOD.md's 0.01,0.01,0.1,1.5,6,0.01"),
-    blend: str = Query("raw", description="'raw' (weight x summed counts) or 'normalised'"),
-    exclude_self: str = Query("", description="1 to leave out the pool string equal to the prompt"),
-    show: str = Query("10", description="neighbours listed per block panel"),
-    backend: str = Query("", description="search backend: 'bound' (exact, pruned; the default when "
+    prompt: str = Field("", description="the text whose next character is predicted")
+    mode: str = Field("threshold", description="'threshold' (cosine above a per-block value) or 'topk'")
+    thresholds: str = Field("", description="per-block cosine thresholds, comma-separated, or "
+                            "'reference' for METHOD.md's; empty: the store's calibrated defaults")
+    k: str = Field("200", description="neighbours per block in topk mode (a whole number)")
+    weights: str = Field("", description="per-block blend weights, comma-separated; empty: "
+                         "METHOD.md's 0.01,0.01,0.1,1.5,6,0.01")
+    blend: str = Field("raw", description="'raw' (weight x summed counts) or 'normalised'")
+    exclude_self: str = Field("", description="1 to leave out the pool string equal to the prompt")
+    show: str = Field("10", description="neighbours listed per block panel (0 to 100)")
+    backend: str = Field("", description="search backend: 'bound' (exact, pruned; the default when "
                          "built), 'exact' (full scan: the same answers, slower), 'ivf' (faiss, "
-                         "approximate); empty: the default"),
-    exact: str = Query("", description="1: the same as backend=exact"),
-    store: str = Query("", description="which store to search: 'pool' (each pool string read "
+                         "approximate); empty: the default")
+    exact: str = Field("", description="1: the same as backend=exact")
+    store: str = Field("", description="which store to search: 'pool' (each pool string read "
                        "alone: the method), or another the server has, e.g. 'context256' (every "
-                       "position read in context); /api/info lists them; empty: 'pool'"),
-) -> dict:
-    """The shared query parameters as given (FastAPI documents them from this signature)."""
-    return {"prompt": prompt, "mode": mode, "thresholds": thresholds, "k": k, "weights": weights,
-            "blend": blend, "exclude_self": exclude_self, "show": show, "backend": backend,
-            "exact": exact, "store": store}
+                       "position read in context); /api/info lists them; empty: 'pool'")
+
+    def form(self) -> dict:
+        """The parameters as given, in the form's order (the page shows them back)."""
+        return self.model_dump(include=set(QueryParams.model_fields))
+
+
+class BlockParams(QueryParams):
+    """One block's neighbours, paged: /blocks/{block} and /api/blocks/{block}."""
+
+    page: int = Field(1, ge=RANGES["page"][0], le=RANGES["page"][1],
+                      description="which page of neighbours, from 1")
+    # per_page, sort and width are checked by their routes (check_range, SORTS), which answer with
+    # their page and the message inline; their schema still says what they take.
+    per_page: int = Field(50, description=f"neighbours per page, 1 to {MAX_PER_PAGE}",
+                          json_schema_extra={"minimum": 1, "maximum": MAX_PER_PAGE})
+    sort: str = Field("similarity", description="'similarity' (to the prompt's activation) or "
+                      "'frequency' (in the corpus)", json_schema_extra={"enum": list(SORTS)})
+
+
+class CorpusParams(BaseModel):
+    """A stretch of the corpus: /corpus and /api/corpus."""
+
+    pos: int = Field(description="the position in the corpus (a character index, from 0)")
+    width: int = Field(1500, description="characters shown on each side, 1 to 5000",
+                       json_schema_extra={"minimum": RANGES["width"][0], "maximum": RANGES["width"][1]})
+
+
+class ReportParams(BaseModel):
+    """Which evaluation report: /report and /api/report."""
+
+    mode: str = Field("", description="'reference' or 'held-out' (the modes written for this "
+                      "store); empty: reference when there is one")
+
+
+def check_range(name: str, value: int) -> str | None:
+    """What to fix when ``value`` lies outside ``name``'s range in :data:`RANGES`, else None."""
+    lo, hi = RANGES[name]
+    return None if lo <= value <= hi else f"{name} must be between {lo} and {hi}"
 
 
 def parse(p: dict) -> ViewParams:
-    """Check the parameters; raises QueryError with a message that says what to fix."""
-    prompt, mode, thresholds, weights = p["prompt"], p["mode"], p["thresholds"], p["weights"]
-    k, show, blend, exclude_self = p["k"], p["show"], p["blend"], p["exclude_self"]
-    if len(prompt) > MAX_PROMPT:
-        raise QueryError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT} are accepted")
-    raw: dict = {"prompt": prompt} if prompt else {}
-    if mode not in ("threshold", "topk"):
-        raise QueryError(f"mode must be 'threshold' or 'topk', not {mode[:20]!r}")
-    if mode != "threshold":
-        raw["mode"] = mode
-    ths = None
-    if thresholds.strip():
-        ths = list(REFERENCE_THRESHOLDS) if thresholds.strip() == "reference" else _floats(thresholds, "thresholds")
-        raw["thresholds"] = thresholds.strip()
-    ws = None
-    if weights.strip():
-        ws = _floats(weights, "weights")
-        raw["weights"] = weights.strip()
-    try:
-        kk = int(k or 200)
-        n_show = int(show or 10)
-    except ValueError:
-        raise QueryError("k and show must be whole numbers")
-    if kk != 200:
-        raw["k"] = str(kk)
-    if not 0 <= n_show <= 100:
-        raise QueryError("show must be between 0 and 100")
-    if n_show != 10:
-        raw["show"] = str(n_show)
-    if blend not in ("raw", "normalised"):
-        raise QueryError(f"blend must be 'raw' or 'normalised', not {blend[:20]!r}")
-    if blend != "raw":
-        raw["blend"] = blend
-    ex = _flag(exclude_self, "exclude_self")
-    if ex:
-        raw["exclude_self"] = "1"
-    backend = p.get("backend", "").strip() or None
-    if _flag(p.get("exact", ""), "exact"):
-        if backend not in (None, "exact"):
-            raise QueryError(f"exact=1 asks for the full scan, backend={backend[:20]!r} for another: "
-                             "give one of them")
-        backend = "exact"
-    if backend is not None:
-        if backend not in BACKENDS:
-            raise QueryError(f"backend must be one of {', '.join(BACKENDS)}, not {backend[:20]!r}")
-        raw["backend"] = backend
-    store = p.get("store", "").strip() or None
-    if store is not None:
-        if len(store) > 40 or not store.replace("-", "").isalnum():
-            raise QueryError(f"store must be a store's name such as 'pool' or 'context256', not {store[:20]!r}")
-        if store != "pool":
-            raw["store"] = store
-    qs = QuerySettings(mode=mode, thresholds=ths, k=kk, weights=ws, blend=blend,
-                       exclude_self=ex, show=n_show)
-    return ViewParams(prompt=prompt, settings=qs, backend=backend, store=store, raw=raw)
+    """Check the prompt's parameters (as text); raises QueryError with a message that says what to
+    fix. The codec's :func:`app.links.decode`."""
+    return decode(p)

@@ -1,7 +1,7 @@
 """Several models served side by side by one app: the first at /, the others under /m/{name}/."""
 from fastapi.testclient import TestClient
 
-from .test_nanogpt import nanogpt_checkpoint
+from ..test_nanogpt import nanogpt_checkpoint
 
 
 def test_two_models_in_one_app(tmp_path, workspace, engine, settings):
@@ -43,10 +43,10 @@ def test_two_models_in_one_app(tmp_path, workspace, engine, settings):
 
 
 def test_report_permalinks_follow_the_model_they_are_served_under():
-    from app.web.app import _rebase_urls
+    from app.web.views import rebase_urls
 
     report = {"interesting": {"worst": [{"prompt": "a", "url": "/?prompt=a"}]}, "url": "https://x/",
               "rows": [{"url": "/?prompt=b&mode=topk"}]}
-    _rebase_urls(report, "/m/other")
+    rebase_urls(report, "/m/other")
     assert report["interesting"]["worst"][0]["url"] == "/m/other/?prompt=a"
     assert report["rows"][0]["url"] == "/m/other/?prompt=b&mode=topk" and report["url"] == "https://x/"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
-from .test_readme_commands import free_port
+from ..conftest import REPO
+from ..test_readme_commands import free_port
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

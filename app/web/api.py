@@ -1,0 +1,78 @@
+"""The JSON API: the twin of every page, under /api/, taking the same parameters. Each answer is the
+presenting function's dict, sent as it is; its model (app/web/schemas.py) documents it."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+
+from .errors import with_retry_after
+from .explorer import Explorer
+from .params import BlockParams, CorpusParams, QueryParams, ReportParams
+from .schemas import BlockPage, Detail, CorpusStretch, Info, QueryAnswer, Report
+from .views import block_context, corpus_context, find_report, get_explorer, query_context
+
+router = APIRouter(prefix="/api")
+Ex = Annotated[Explorer, Depends(get_explorer)]
+BAD = {400: {"model": Detail, "description": "a parameter to fix: the message says what to fix"}}
+MISSING = {404: {"model": Detail, "description": "no such block, or no report yet"}}
+ERRORS = {**BAD, 503: {"model": Detail, "description": "the server is busy: try again after Retry-After"}}
+
+
+def _json(data) -> JSONResponse:
+    """``data`` as FastAPI sends a returned dict, bypassing the response model (no re-encoding)."""
+    return JSONResponse(jsonable_encoder(data))
+
+
+def _refusal(ctx: dict, status: int) -> JSONResponse:
+    body = {"detail": ctx["error"]}
+    if status == 503:
+        body["retry_after"] = ctx.get("retry_after", 1)
+    return with_retry_after(JSONResponse(body, status_code=status), ctx, status)
+
+
+@router.get("/query", summary="The approximation for a prompt, per block and blended",
+            response_model=QueryAnswer, responses=ERRORS)
+def api_query(q: Annotated[QueryParams, Query()], ex: Ex):
+    ctx, status = query_context(ex, q, need_prompt=True)
+    if status != 200:
+        return _refusal(ctx, status)
+    return JSONResponse({**ctx["data"], "permalink": ctx["permalink"]})  # plain data: no re-encoding
+
+
+@router.get("/blocks/{block}", summary="One block's neighbours, paged, with corpus contexts",
+            response_model=BlockPage, responses={**ERRORS, **MISSING})
+def api_block(block: Annotated[int, Path(description="the block, from 0")],
+              q: Annotated[BlockParams, Query()], ex: Ex):
+    ctx, status = block_context(ex, block, q)
+    if status != 200:
+        return _refusal(ctx, status)
+    return JSONResponse(ctx["block"])
+
+
+@router.get("/corpus", summary="A stretch of the corpus around a position", response_model=CorpusStretch,
+            responses=BAD)
+def api_corpus(q: Annotated[CorpusParams, Query()], ex: Ex):
+    c, err = corpus_context(ex, q)
+    if err:
+        return JSONResponse({"detail": err}, status_code=400)
+    return _json(c)
+
+
+@router.get("/report", summary="The evaluation report as data", response_model=Report,
+            responses={**BAD, **MISSING})
+def api_report(request: Request, q: Annotated[ReportParams, Query()]):
+    from ..report import load_report
+
+    folder, err = find_report(request.app.state.reports, q.mode)
+    if err:
+        return JSONResponse({"detail": err[0]}, status_code=err[1])
+    return _json(load_report(folder)[0])
+
+
+@router.get("/info", summary="The model, corpus and store being served, and their defaults",
+            response_model=Info)
+def api_info(ex: Ex):
+    return _json({**ex.about, "defaults": ex.defaults()})

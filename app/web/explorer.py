@@ -1,0 +1,104 @@
+"""The explorer service behind the routes, with no web framework in it: one engine per store and
+backend, the answer cache and its locks, the gate every engine call passes, and the store's
+defaults as the form shows them."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from ..approx import Engine, QueryError, QueryResult, QuerySettings
+from ..links import ViewParams
+from ..search import available_backends, make_search
+from .gate import Gate
+
+DEFAULT_STORE = "pool"
+
+
+class Explorer:
+    """What the app serves: the default store's engine (its search the default backend), the same
+    engine under every other backend the store has (``backend=`` in a URL), the engines of other
+    stores of the same model and pool (``store=``), a description, a small answer cache, and the
+    gate every engine call passes.
+
+    The cache holds at most ``cache_size`` answers and ``cache_rows`` neighbours in all (a threshold
+    of -1 on a large store makes one answer hold every row of every block). A cached answer is
+    shared by requests, and its neighbour lists order themselves and compute similarities lazily,
+    so each answer has a lock that reading it (``run``'s ``present``) holds."""
+
+    def __init__(self, engine: Engine, about: dict, cache_size: int = 64,
+                 stores: dict[str, Engine] | None = None, gate: Gate | None = None,
+                 cache_rows: int = 4_000_000):
+        self.engine = engine
+        self.base = ""  # the path the explorer is mounted at ("/m/NAME" beside another model)
+        self.engines = {label: self._backends(e)
+                        for label, e in {DEFAULT_STORE: engine, **(stores or {})}.items()}
+        self.about = {**about, "backends": list(self.engines[DEFAULT_STORE]),
+                      "stores": {label: {"size": next(iter(es.values())).store.size,
+                                         "context": next(iter(es.values())).store.context,
+                                         "activation": next(iter(es.values())).activation,
+                                         "backends": list(es)}
+                                 for label, es in self.engines.items()}}
+        self.gate = gate or Gate.from_env()
+        self._cache: OrderedDict = OrderedDict()  # key -> (result, its lock, its neighbour rows)
+        self._cache_rows = 0
+        self._lock = threading.Lock()
+        self.cache_size, self.cache_rows = cache_size, cache_rows
+
+    @staticmethod
+    def _backends(engine: Engine) -> dict[str, Engine]:
+        out = {engine.search.name: engine}
+        for name in available_backends(engine.store):
+            if name not in out:
+                out[name] = engine.with_search(make_search(engine.store, name, engine.device))
+        return out
+
+    def engine_for(self, vp: ViewParams) -> Engine:
+        label = vp.store or DEFAULT_STORE
+        if label not in self.engines:
+            raise QueryError(f"this server has no store {label!r}; it has: {', '.join(self.engines)} "
+                             "(`ffnlens index --context T` builds an in-context one)")
+        backends = self.engines[label]
+        engine = backends.get(vp.backend or next(iter(backends)))
+        if engine is None:
+            raise QueryError(f"this store has no {vp.backend} index; it has: {', '.join(backends)} "
+                             "(`ffnlens index` builds the others)")
+        return engine
+
+    def _answer(self, vp: ViewParams) -> tuple[QueryResult, Engine, threading.Lock]:
+        engine = self.engine_for(vp)
+        key = (vp.prompt, repr(vp.settings), vp.store or DEFAULT_STORE, engine.search.name)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                res, lock, _ = self._cache[key]
+                return res, engine, lock
+        res = engine.query(vp.prompt, vp.settings)
+        rows = sum(len(b.neighbours) for b in res.blocks)
+        lock = threading.Lock()
+        with self._lock:
+            if key in self._cache:  # another request answered it meanwhile: share theirs
+                res, lock, _ = self._cache[key]
+            elif rows <= self.cache_rows:
+                self._cache[key] = (res, lock, rows)
+                self._cache_rows += rows
+                while len(self._cache) > self.cache_size or self._cache_rows > self.cache_rows:
+                    self._cache_rows -= self._cache.popitem(last=False)[1][2]
+        return res, engine, lock
+
+    def run(self, vp: ViewParams, present):
+        """``present(result, engine)`` for the answer to ``vp``: the engine's (or the cache's),
+        inside the gate (raises :class:`Busy` when it is full), under the answer's lock."""
+        with self.gate:
+            res, engine, lock = self._answer(vp)
+            with lock:
+                return present(res, engine)
+
+    def defaults(self, store: str | None = None) -> dict:
+        """The store's default thresholds and weights as the form shows them, and their rule."""
+        es = self.engines.get(store or DEFAULT_STORE) or self.engines[DEFAULT_STORE]
+        st = next(iter(es.values())).store
+        s = QuerySettings().resolved(st)
+        return {"thresholds": ",".join(f"{t:.4f}" for t in s.thresholds),
+                "weights": ",".join(f"{w:g}" for w in s.weights),
+                "rule": st.defaults.get("rule", "METHOD.md's reference thresholds"),
+                "rule_text": st.defaults.get("rule_text", "")}

@@ -1,0 +1,91 @@
+"""The HTML pages (Jinja templates over the same data as their JSON twins) and the API docs pages.
+A refusal is the page itself with its message inline, and the form keeps what was typed."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+
+from .errors import with_retry_after
+from .explorer import Explorer
+from .params import BlockParams, CorpusParams, QueryParams, ReportParams
+from .safety import csp_for_docs, csp_with_inline_styles
+from .views import block_context, corpus_context, find_report, get_explorer, query_context, rebase_urls
+
+router = APIRouter()
+Ex = Annotated[Explorer, Depends(get_explorer)]
+BAD = {400: {"description": "a parameter to fix: the page shows what to fix"}}
+
+
+def _page(request: Request, template: str, ctx: dict, status: int = 200):
+    return with_retry_after(request.app.state.templates.TemplateResponse(
+        request, template, ctx, status_code=status), ctx, status)
+
+
+@router.get("/", response_class=HTMLResponse, summary="Main page (JSON twin: /api/query)",
+            responses=BAD)
+def index(request: Request, q: Annotated[QueryParams, Query()], ex: Ex):
+    ctx, status = query_context(ex, q, need_prompt=False)
+    return _page(request, "index.html", ctx, status)
+
+
+@router.get("/results", response_class=HTMLResponse, include_in_schema=False)
+def results(request: Request, q: Annotated[QueryParams, Query()], ex: Ex):
+    """The results part of the main page, for htmx; pushes the canonical URL."""
+    ctx, status = query_context(ex, q, need_prompt=True)
+    r = _page(request, "_results.html", ctx, status)
+    r.headers["HX-Push-Url"] = ctx["permalink"]
+    return r
+
+
+@router.get("/blocks/{block}", response_class=HTMLResponse,
+            summary="One block's neighbours in their corpus context (JSON twin: /api/blocks/{block})",
+            responses=BAD)
+def block_page(request: Request, block: Annotated[int, Path(description="the block, from 0")],
+               q: Annotated[BlockParams, Query()], ex: Ex):
+    ctx, status = block_context(ex, block, q)
+    return _page(request, "block.html", ctx, status)
+
+
+@router.get("/corpus", response_class=HTMLResponse, summary="A stretch of the corpus around a position",
+            responses=BAD)
+def corpus_page(request: Request, q: Annotated[CorpusParams, Query()], ex: Ex):
+    c, err = corpus_context(ex, q)
+    return _page(request, "corpus.html", {"c": c, "error": err, "about": ex.about}, 400 if err else 200)
+
+
+@router.get("/report", response_class=HTMLResponse,
+            summary="The evaluation report: the approximation against every baseline (JSON twin: /api/report)",
+            responses=BAD)
+def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
+    from ..report import load_report, render_html
+
+    folder, err = find_report(request.app.state.reports, q.mode)
+    if err:
+        return _page(request, "error.html", {"error": err[0], "about": ex.about}, err[1])
+    report, figures = load_report(folder)
+    if ex.base:  # the report's permalinks were written for an explorer at "/"
+        rebase_urls(report, ex.base)
+    page = render_html(report, figures)
+    # The page inlines static/style.css (it also stands alone on disk) and colours its swatches
+    # with style attributes: those exact styles are allowed by hash; scripts stay external.
+    return HTMLResponse(page, headers={"Content-Security-Policy": csp_with_inline_styles(page)})
+
+
+def _docs(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = csp_for_docs(page.body.decode())
+    return page
+
+
+@router.get("/docs", include_in_schema=False)
+def swagger_ui(request: Request):
+    app = request.app
+    return _docs(get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI"))
+
+
+@router.get("/redoc", include_in_schema=False)
+def redoc(request: Request):
+    app = request.app
+    return _docs(get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc"))

@@ -1,0 +1,148 @@
+"""The JSON twins' answers as pydantic models, so the OpenAPI schema declares them. They describe
+the fields the routes send and allow more; the routes send the presenting functions' dicts as they
+are (app/present.py, the report's report.json), so these models never reorder or reformat a field."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Open(BaseModel):
+    """A described object that may carry more fields than it names."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Detail(BaseModel):
+    """A refusal: what to fix (400), what is missing (404), or that the server is busy (503)."""
+
+    detail: str = Field(description="the message, in plain words")
+    retry_after: int | None = Field(None, description="with a 503: seconds to wait before trying again")
+
+
+class Token(Open):
+    char: str = Field(description="the character")
+    label: str = Field(description="the character as shown (spaces and newlines made visible)")
+    p: float = Field(description="its probability")
+
+
+class Settings(Open):
+    mode: str = Field(description="'threshold' or 'topk'")
+    thresholds: list[float] | None = Field(description="per-block cosine thresholds as used")
+    k: int = Field(description="neighbours per block in topk mode")
+    weights: list[float] | None = Field(description="per-block blend weights as used")
+    blend: str = Field(description="'raw' or 'normalised'")
+    exclude_self: bool = Field(description="whether the pool string equal to the prompt was left out")
+    show: int = Field(description="neighbours listed per block panel")
+
+
+class Neighbour(Open):
+    row: int = Field(description="the pool string's row in the store")
+    text: str = Field(description="the pool string")
+    similarity: float = Field(description="its cosine similarity to the prompt's activation")
+    is_self: bool = Field(description="whether it is the prompt's own last n characters")
+    shared: int = Field(description="how many final characters it shares with the prompt")
+    head: str = Field(description="its unshared beginning, as shown")
+    tail: str = Field(description="its shared end, as shown")
+
+
+class BlockSummary(Open):
+    block: int = Field(description="the block, from 0")
+    neighbours: int = Field(description="how many neighbours the block found")
+    weight: float = Field(description="the block's blend weight")
+    share_raw: float = Field(description="the block's share of the raw blend")
+    share_normalised: float = Field(description="the block's share of the normalised blend")
+    count_total: int = Field(description="the neighbours' follow-on counts, summed")
+    counts: dict[str, int] = Field(description="follow-on counts by character (non-zero only)")
+    distribution: list[Token] = Field(description="the block's own next-character distribution, top first")
+    top: list[Neighbour] = Field(description="the nearest neighbours (``show`` of them)")
+
+
+class StoreRef(Open):
+    path: str = Field(description="the store's folder on the server")
+    pool_size: int = Field(description="pool strings in the store")
+    defaults_rule: str = Field(description="how the store's default thresholds were chosen")
+    label: str = Field(description="the store's label ('pool', 'context256', ...)")
+
+
+class QueryAnswer(Open):
+    """GET /api/query."""
+
+    prompt: str
+    backend: str = Field(description="the search backend that answered")
+    settings: Settings
+    hellinger: float = Field(description="Hellinger distance between the model's and the approximation's distributions")
+    agreement: dict[str, Any] = Field(description="top-k agreement, by k")
+    fallback: str | None = Field(description="what filled in where the neighbours had no counts, if anything")
+    model: dict[str, float] = Field(description="the model's next-character distribution")
+    approximation: dict[str, float] = Field(description="the approximation's next-character distribution")
+    model_top: list[Token]
+    approximation_top: list[Token]
+    chart: dict[str, list[dict[str, Any]]] = Field(description="bars of the comparison chart ('top', 'all')")
+    blocks: list[BlockSummary]
+    store: StoreRef
+    permalink: str = Field(description="the canonical URL of this view")
+
+
+class CorpusStretch(Open):
+    """GET /api/corpus (and each context of a neighbour)."""
+
+    pos: int = Field(description="the position in the corpus")
+    before: str = Field(description="the text before it")
+    match: str = Field(description="the pool string at the position")
+    after: str = Field(description="the text after it")
+
+
+class BlockItem(Neighbour):
+    frequency: int = Field(description="how often the string occurs with a follower")
+    occurrences: int = Field(description="how often it occurs in the corpus")
+    follow: list[dict[str, Any]] = Field(description="its followers: char, label, count, most first")
+    contexts: list[CorpusStretch] = Field(description="a few of its occurrences in context")
+
+
+class BlockPage(Open):
+    """GET /api/blocks/{block}."""
+
+    prompt: str
+    backend: str
+    block: int
+    neighbours: int
+    weight: float
+    share_raw: float
+    share_normalised: float
+    distribution: list[Token]
+    sort: str = Field(description="'similarity' or 'frequency'")
+    page: int
+    pages: int
+    per_page: int
+    items: list[BlockItem]
+
+
+class Report(Open):
+    """GET /api/report: report.json as `ffnlens eval --report` wrote it."""
+
+    title: str
+    meta: dict[str, Any] = Field(description="what was evaluated, and how")
+    headline: dict[str, Any] = Field(description="each method's headline numbers")
+
+
+class Info(Open):
+    """GET /api/info."""
+
+    model: str
+    params: int = Field(description="the model's parameter count")
+    val_loss: float | None = Field(description="the model's validation loss")
+    corpus: str
+    corpus_sha256: str
+    pool_size: int
+    n: int = Field(description="pool string length")
+    pool_mode: str
+    n_layer: int
+    backend: str = Field(description="the default search backend")
+    backends: list[str] = Field(description="the backends the default store has")
+    store: str
+    stores: dict[str, dict[str, Any]] = Field(description="every store served, by label")
+    device: str
+    defaults: dict[str, str] = Field(description="the default store's thresholds, weights and their rule")
+    models: dict[str, str] | None = Field(None, description="every model served, by name: its path")

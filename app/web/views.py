@@ -1,0 +1,110 @@
+"""The work a page and its JSON twin share: read the URL into settings, ask the explorer once, and
+return the data both render (a context dict and a status). Nothing here knows HTML from JSON."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import Request
+
+from ..approx import Engine, QueryError, QueryResult
+from ..present import block_dict, context, query_dict
+from .errors import Rejected
+from .explorer import DEFAULT_STORE, Explorer
+from .gate import Busy
+from .params import SORTS, BlockParams, CorpusParams, QueryParams, ViewParams, check_range, parse
+
+
+def get_explorer(request: Request) -> Explorer:
+    """The explorer of the app (or mounted model) answering the request."""
+    return request.app.state.explorer
+
+
+def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None, check=None) -> tuple[dict, int]:
+    """Parse ``q``, run ``check(vp, engine)`` (raises Rejected), then present the engine's answer:
+    ``present(result, engine)`` returns what to add to the context (default: the main page's
+    data). Returns (context, status); a refusal leaves its message in ``context["error"]``."""
+    p = q.form()
+    ctx = {"form": p, "about": ex.about, "defaults": ex.defaults(), "data": None, "error": None,
+           "permalink": ex.base + "/?" + urlencode({k: v for k, v in p.items() if v}), "vp": None}
+    try:
+        vp = parse(p)
+        ctx["vp"] = vp
+        ctx["permalink"] = ex.base + ("/?" + vp.query_string() if vp.raw else "/")
+        ctx["defaults"] = ex.defaults(vp.store)
+        if vp.prompt or need_prompt:
+            eng = ex.engine_for(vp)
+            if check:
+                check(vp, eng)
+            ctx["qs"] = vp.query_string()
+
+            def main_page(res, eng):
+                d = query_dict(res, eng.store, eng.tok.chars)
+                d["store"]["label"] = vp.store or DEFAULT_STORE
+                return {"data": d}
+
+            ctx.update(ex.run(vp, present or main_page))
+        return ctx, 200
+    except QueryError as e:
+        ctx["error"] = str(e)
+        return ctx, 400
+    except Rejected as e:
+        ctx["error"] = e.message
+        return ctx, e.status
+    except Busy as e:
+        ctx["error"], ctx["retry_after"] = e.message, e.retry_after
+        return ctx, 503
+
+
+def block_context(ex: Explorer, block: int, q: BlockParams) -> tuple[dict, int]:
+    """One block's neighbours for the prompt in ``q``, paged and sorted as ``q`` says."""
+    def check(vp: ViewParams, eng: Engine) -> None:  # before any engine work
+        n = eng.store.n_layer
+        if not 0 <= block < n:
+            raise Rejected(f"block {block} does not exist: this model has blocks 0 to {n - 1}", 404)
+        if q.sort not in SORTS:
+            raise Rejected(f"sort must be one of {', '.join(SORTS)}, not {q.sort[:20]!r}")
+        if bad := check_range("per_page", q.per_page):
+            raise Rejected(bad)
+
+    def present(res: QueryResult, eng: Engine) -> dict:
+        return {"block": block_dict(res, eng.store, eng.tok.chars, block, q.page, q.per_page, q.sort),
+                "data": {"settings": asdict(res.settings)}, "n_layer": eng.store.n_layer}
+
+    return query_context(ex, q, need_prompt=True, present=present, check=check)
+
+
+def corpus_context(ex: Explorer, q: CorpusParams) -> tuple[dict | None, str | None]:
+    """(the corpus around ``q.pos``, None) or (None, what to fix)."""
+    ids = ex.engine.store.corpus_ids
+    if not 0 <= q.pos < len(ids):
+        return None, f"pos must be between 0 and {len(ids) - 1}"
+    if bad := check_range("width", q.width):
+        return None, bad
+    n = ex.engine.store.pool.n
+    return context(ex.engine.tok.chars, ids, q.pos, n, q.width, q.width, lines=None), None
+
+
+def find_report(reports: Path | None, mode: str) -> tuple[Path | None, tuple[str, int] | None]:
+    """(report folder, None) or (None, (message, status))."""
+    have = sorted(p.parent.name for p in reports.glob("*/report.json")) if reports else []
+    if not have:
+        return None, ("no report for this store yet: run `ffnlens eval --report` (add `--pool "
+                      "heldout` for the held-out mode) with this model and corpus", 404)
+    if mode and mode not in have:
+        return None, (f"mode must be one of {', '.join(have)}, not {mode[:20]!r}", 400)
+    return reports / (mode or ("reference" if "reference" in have else have[0])), None
+
+
+def rebase_urls(obj, base: str) -> None:
+    """Prefix every root-relative "url" in a report (in place) with the explorer's mount path."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "url" and isinstance(v, str) and v.startswith("/"):
+                obj[k] = base + v
+            else:
+                rebase_urls(v, base)
+    elif isinstance(obj, list):
+        for v in obj:
+            rebase_urls(v, base)
