@@ -344,7 +344,8 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
              summary="The evaluation report: the approximation against every baseline (JSON twin: /api/report)")
     def report_page(request: Request, mode: str = Query("", description="'reference' or 'held-out'"),
                     ex: Explorer = Depends(get_explorer)):
-        from ..report import load_report, render_html
+        from ..study.render import render_html
+        from ..study.storage import load_report
 
         folder, err = find_report(mode)
         if err:
@@ -360,7 +361,7 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
 
     @app.get("/api/report", summary="The evaluation report as data")
     def api_report(mode: str = Query("", description="'reference' or 'held-out'")):
-        from ..report import load_report
+        from ..study.storage import load_report
 
         folder, err = find_report(mode)
         if err:
