@@ -135,8 +135,9 @@ def cmd_query(args, settings: Settings) -> int:
 
 
 def cmd_eval(args, settings: Settings) -> int:
-    from .evaluate import evaluate, reference_prompts
     from .present import eval_text
+    from .study.evaluation import evaluate
+    from .study.prompts import reference_prompts
 
     qs = _settings_from_args(args)
     ws, engine = _engine(args, settings)
@@ -152,76 +153,15 @@ def cmd_eval(args, settings: Settings) -> int:
 
 def _report(args, settings: Settings, ws, engine, qs) -> int:
     """``eval --report``: the approximation and every baseline on one prompt set, as a report."""
-    from dataclasses import replace
+    from .study.eval_report import EvalReportOptions, eval_report
 
-    from .baselines import standard_baselines
-    from .evaluate import heldout_prompts, reference_prompts
-    from .report import build_report, write_report
-    from .workspace import about
-
-    store = engine.store
-    length = args.prompt_length or store.pool.n
-    if length != store.pool.n and args.pool != "heldout":
-        raise UsageError("--prompt-length needs --pool heldout: reference prompts are the pool's "
-                         f"own {store.pool.n}-character strings")
-    if not store.pool.n <= length <= engine.model.cfg.block_size:
-        raise UsageError(f"--prompt-length must lie between the pool strings' length ({store.pool.n}) "
-                         f"and the model's context ({engine.model.cfg.block_size}), not {length}")
-    if args.pool == "heldout":
-        prompts = heldout_prompts(store, ws.corpus.n_train, args.prompts, args.seed, length)
-        if len(prompts) == 0:
-            raise UsageError("no validation string is absent from the pool: the corpus is too small "
-                             "for a held-out evaluation")
-        qs = replace(qs, exclude_self=True)
-        text = ws.ids[: ws.corpus.n_train]
-        label = "held-out" if length == store.pool.n else f"held-out-{length}"
-    else:
-        prompts, text, label = reference_prompts(store, args.prompts, args.seed), ws.ids, "reference"
-    baselines = standard_baselines(engine.model, text, len(engine.tok), engine.device)
-    baselines.update(seed_models(ws, engine.device))
-    baselines.update(sibling_baselines(settings, ws, qs))
-    report, figures = build_report(engine, prompts, qs, baselines, label, about=about(ws, engine),
-                                   progress=not args.quiet, backend=None if args.backend == "auto"
-                                   else args.backend, extra={"seed": args.seed, "prompt_length": length})
-    out = Path(args.report) if args.report else reports_dir(settings, ws.store_dir) / label
-    page = write_report(out, report, figures)
-    h = report["headline"]
-    print(f"{label} report on {len(prompts):,} prompts written to {page}")
-    for name, row in h.items():
+    r = eval_report(settings, ws, engine, qs, EvalReportOptions(
+        prompts=args.prompts, seed=args.seed, pool=args.pool, prompt_length=args.prompt_length,
+        backend=args.backend, out=args.report, progress=not args.quiet))
+    print(f"{r.label} report on {r.prompts:,} prompts written to {r.page}")
+    for name, row in r.headline.items():
         print(f"  {name:<16} Hellinger mean {row['hellinger']['mean']:.4f}  top-1 {row['topk']['1']['order']:.3f}")
     return 0
-
-
-def seed_models(ws, device: str) -> dict:
-    """METHOD.md's noise floor: the committed models NAME-seedN (the same recipe, other seeds, the
-    same corpus and vocabulary) as baselines named seed-N, each answering with its own softmax."""
-    from model.checkpoint import COMMITTED, load_model
-
-    from .baselines import LogitLens
-
-    out = {}
-    for cfg in sorted(COMMITTED.glob(f"{ws.spec.model_name}-seed*/config.json")):
-        model, tok, info = load_model(cfg.parent, device=device)
-        if tok.chars == ws.tok.chars and info["corpus"]["sha256"] == ws.model_info["corpus"]["sha256"]:
-            out[f"seed-{cfg.parent.name.rsplit('-seed', 1)[1]}"] = LogitLens(model, -1, device)
-    return out
-
-
-def sibling_baselines(settings: Settings, ws, qs) -> dict:
-    """The approximation on this model's other stores of the same pool (`ffnlens index --context T`
-    or `--activation attn|resid`), under the same settings but each store's calibrated thresholds."""
-    from dataclasses import replace
-
-    from .baselines import StoreBaseline
-    from .workspace import sibling_engines
-
-    return {f"neighbours-{label}": StoreBaseline(eng, replace(qs, thresholds=None), label)
-            for label, eng in sibling_engines(ws, settings.stores).items()}
-
-
-def reports_dir(settings: Settings, store_dir: Path) -> Path:
-    """Where ``eval --report`` writes a store's reports, one folder per mode (the explorer serves them)."""
-    return settings.home / "reports" / store_dir.name
 
 
 def cmd_serve(args, settings: Settings) -> int:
@@ -229,6 +169,7 @@ def cmd_serve(args, settings: Settings) -> int:
 
     import uvicorn
 
+    from .study.eval_report import reports_dir
     from .web import create_app
     from .workspace import about, open_engine, open_workspace, sibling_engines
 

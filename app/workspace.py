@@ -20,7 +20,7 @@ from model.train import resolve_device
 from .approx import Engine
 from .bound import DEFAULT_RANK, add_bound
 from .corpus import DEFAULT_CORPUS, Corpus, CorpusError, load_corpus
-from .evaluate import calibrate_thresholds
+from .calibrate import calibrate_thresholds
 from .search import make_search
 from .settings import Settings
 from .store import StoreError, StoreSpec, build_store, finalize, open_store

@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.approx import QuerySettings  # noqa: E402
-from app.evaluate import evaluate, reference_prompts  # noqa: E402
+from app.study.evaluation import evaluate  # noqa: E402
+from app.study.prompts import reference_prompts  # noqa: E402
 from app.present import query_dict  # noqa: E402
 from app.search import make_search, unit  # noqa: E402
 from app.settings import Settings  # noqa: E402

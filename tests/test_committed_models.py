@@ -36,7 +36,7 @@ def test_default_model_was_trained_on_the_default_corpus():
 
 
 def test_the_noise_floor_models_answer_as_baselines_for_tiny(settings):
-    from app.cli import seed_models
+    from app.study.baselines.seeds import seed_models
     from app.workspace import open_workspace
 
     ws = open_workspace(settings, model="tiny")

@@ -87,7 +87,7 @@ def test_the_explorer_switches_stores_by_url(context_ws, workspace, engine, sett
 def test_held_out_prompts_can_be_read_in_context(settings, micro_model_dir, micro_corpus):
     """--prompt-length L: L characters of validation text ending with a string absent from the pool."""
     from app.corpus import string_keys
-    from app.evaluate import heldout_prompts
+    from app.study.prompts import heldout_prompts
     from app.workspace import open_engine, open_workspace
 
     ws = open_workspace(settings, model=str(micro_model_dir), corpus=str(micro_corpus), mode="heldout")

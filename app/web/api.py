@@ -64,7 +64,7 @@ def api_corpus(q: Annotated[CorpusParams, Query()], ex: Ex):
 @router.get("/report", summary="The evaluation report as data", response_model=Report,
             responses={**BAD, **MISSING})
 def api_report(request: Request, q: Annotated[ReportParams, Query()]):
-    from ..report import load_report
+    from ..study.storage import load_report
 
     folder, err = find_report(request.app.state.reports, q.mode)
     if err:

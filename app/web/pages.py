@@ -60,7 +60,8 @@ def corpus_page(request: Request, q: Annotated[CorpusParams, Query()], ex: Ex):
             summary="The evaluation report: the approximation against every baseline (JSON twin: /api/report)",
             responses=BAD)
 def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
-    from ..report import load_report, render_html
+    from ..study.render import render_html
+    from ..study.storage import load_report
 
     folder, err = find_report(request.app.state.reports, q.mode)
     if err:

@@ -13,9 +13,10 @@ from ..test_readme_commands import free_port
 def reports(engine, tmp_path_factory):
     """A small real report (16 prompts), as `ffnlens eval --report` writes it."""
     from app.approx import QuerySettings
-    from app.baselines import Unigram
-    from app.evaluate import reference_prompts
-    from app.report import build_report, write_report
+    from app.study.baselines.unigram import Unigram
+    from app.study.prompts import reference_prompts
+    from app.study.report import build_report
+    from app.study.storage import write_report
 
     out = tmp_path_factory.mktemp("reports")
     rows = reference_prompts(engine.store, 16, seed=3)

