@@ -121,3 +121,19 @@ def test_answers_carry_their_own_statistics(engine, backend, plan):
         assert st.plan == plan and st.candidates >= len(qi) > 0 and st.bytes_read > 0
     assert vars(search).keys() == before.keys()  # no counters left behind
     assert not hasattr(search, "last_candidates")
+
+
+def test_every_backend_offers_the_interface():
+    """Each backend class has the Protocol's name and methods, with the same parameters."""
+    import inspect
+
+    from app.search import SearchBackend
+    from app.search.bound import BoundSearch, DeviceBoundSearch
+    from app.search.ivf import IVFSearch
+
+    methods = ("threshold", "topk", "batch_threshold", "batch_topk")
+    for cls in (ExactSearch, BoundSearch, DeviceBoundSearch, IVFSearch):
+        assert isinstance(cls.name, str)
+        for m in methods:
+            want = list(inspect.signature(getattr(SearchBackend, m)).parameters)
+            assert list(inspect.signature(getattr(cls, m)).parameters) == want, (cls, m)
