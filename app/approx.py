@@ -17,7 +17,7 @@ from model.tokenizer import CharTokenizer, UnknownCharacters
 
 from .metrics import hellinger, topk_agreement
 
-from .search import Neighbours, unit
+from .search import Neighbours, SearchBackend, unit
 from .store import Store
 
 # METHOD.md's hand-tuned values for the reference model (blocks 0..5).
@@ -103,14 +103,15 @@ class QueryResult:
 class Engine:
     """Model + store + search: answers queries. Holds no per-request state."""
 
-    def __init__(self, model: GPT, tok: CharTokenizer, store: Store, search, device: str = "cpu"):
+    def __init__(self, model: GPT, tok: CharTokenizer, store: Store, search: SearchBackend,
+                 device: str = "cpu"):
         self.model, self.tok, self.store, self.search, self.device = model, tok, store, search, device
         # The per-block output the store holds (the method's FFN output unless built otherwise).
         self.activation = store.manifest.get("activation", "ffn")
         totals = store.counts.sum_rows(np.arange(store.size))
         self.unigram = totals / max(1, totals.sum())
 
-    def with_search(self, search) -> "Engine":
+    def with_search(self, search: SearchBackend) -> "Engine":
         """The same model and store answered by another search backend."""
         other = Engine.__new__(Engine)
         other.__dict__.update(self.__dict__)

@@ -9,6 +9,10 @@ A store is a directory:
     pool_at.npy         (positions,) int32: pool row of the string starting at each position
     counts_*.npy        the next-character count table as CSR
 
+and, beside them, any search index's files (app/search: the bound's, the ivf's): the backends own
+their names, build and checks; the store records them generically (``IndexFiles``, ``seal_index``,
+``finalize``'s ``indexes``) and knows nothing else of them.
+
 It is built in ``<dir>.partial`` (resumable: rows are written in order and the number done is
 recorded after each flush) and renamed into place only when complete, so a store that loads is
 always whole. Loading memory-maps the large arrays and refuses a store built for another model,
@@ -39,14 +43,16 @@ MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 BIG = ("ffn_unit.npy", "ffn_norm.npy")
 SMALL = ("pool_starts.npy", "pool_at.npy", "counts_indptr.npy", "counts_chars.npy", "counts_n.npy")
-BOUND_BIG = ("bound_proj.npy", "bound_resid.npy")  # optional: the bound index (app/bound.py)
-BOUND_SMALL = ("bound_basis.npy",)
-IVF_PATTERN = "ivf_{}.faiss"  # optional: the ivf index (app/ivf.py), one file per block
 
 
-def ivf_names(n_layer: int) -> tuple[str, ...]:
-    """The ivf index's files, one per block."""
-    return tuple(IVF_PATTERN.format(b) for b in range(n_layer))
+@dataclass(frozen=True)
+class IndexFiles:
+    """A search index's files beside the vectors: ``key``, its manifest entry; ``names``, its files
+    in the manifest's order; ``hashed``, those small enough to hash (the search backends say)."""
+
+    key: str
+    names: tuple[str, ...]
+    hashed: tuple[str, ...] = ()
 
 
 class StoreError(FfnlensError):
@@ -216,51 +222,43 @@ def unit_fingerprint(unit: np.ndarray, samples: int = 1024) -> str:
     return h.hexdigest()
 
 
-def file_entries(path: Path, names) -> dict:
-    """Sizes of the named files, and hashes of the small ones."""
+def file_entries(path: Path, names, hashed=()) -> dict:
+    """Sizes of the named files, and hashes of the small ones (the store's and ``hashed``)."""
     out = {}
     for name in names:
         p = path / name
         out[name] = {"bytes": p.stat().st_size}
-        if name in SMALL + BOUND_SMALL:
+        if name in SMALL + tuple(hashed):
             out[name]["sha256"] = sha256_file(p)
     return out
 
 
-def seal_bound(path: Path, info: dict) -> None:
-    """Record the bound index files of the store at ``path`` (``info``: rank, seconds)."""
-    seal_index(Path(path), "bound", BOUND_SMALL + BOUND_BIG, info)
-
-
-def seal_index(path: Path, key: str, names, info: dict) -> None:
-    """Record a derived index's files (sizes, and hashes of small ones) and its entry ``key``
+def seal_index(path: Path, files: IndexFiles, info: dict) -> None:
+    """Record a derived index's files (sizes, and hashes of small ones) and its entry ``files.key``
     (``info`` plus the fingerprint of the vectors it was built from) in the manifest, atomically."""
     mpath = path / MANIFEST
     manifest = json.loads(mpath.read_text())
     unit = np.load(path / "ffn_unit.npy", mmap_mode="r")
     fp = unit_fingerprint(unit)
     manifest.setdefault("unit_fingerprint", fp)
-    manifest["files"].update(file_entries(path, names))
-    manifest[key] = {**info, "unit_fingerprint": fp}
+    manifest["files"].update(file_entries(path, files.names, files.hashed))
+    manifest[files.key] = {**info, "unit_fingerprint": fp}
     _write_json(mpath, manifest)
 
 
-def seal_ivf(path: Path, info: dict) -> None:
-    """Record the ivf index files of the store at ``path`` (``info``: what app.ivf.build_ivf returns)."""
-    L = np.load(Path(path) / "ffn_unit.npy", mmap_mode="r").shape[0]
-    seal_index(Path(path), "ivf", ivf_names(L), info)
-
-
-def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: dict) -> Path:
-    """Hash the files, write the manifest, and move ``part`` into place atomically."""
+def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: dict,
+             indexes=()) -> Path:
+    """Hash the files, write the manifest, and move ``part`` into place atomically. ``indexes``
+    (``IndexFiles``, from the search backends) are the search indexes that may lie in ``part``:
+    one whose entry is in ``extra`` and whose files are all there is recorded (its files, its entry
+    with the vectors' fingerprint); one whose files are not all there is left out."""
     prog = json.loads((part / PROGRESS).read_text())
     P = len(np.load(part / "pool_starts.npy", mmap_mode="r"))
     if prog["done"] != P:
         raise StoreError(f"{part} is incomplete ({prog['done']} of {P} strings)")
-    bound = BOUND_SMALL + BOUND_BIG if (part / "bound_proj.npy").exists() else ()
-    ivf = ivf_names(model_cfg["n_layer"])
-    ivf = ivf if "ivf" in extra and all((part / name).exists() for name in ivf) else ()
-    files = file_entries(part, SMALL + BIG + bound + ivf)
+    built = [ix for ix in indexes if ix.key in extra and all((part / n).exists() for n in ix.names)]
+    names = SMALL + BIG + tuple(n for ix in built for n in ix.names)
+    files = file_entries(part, names, tuple(n for ix in built for n in ix.hashed))
     unit = np.load(part / "ffn_unit.npy", mmap_mode="r")
     manifest = {
         "format": FORMAT,
@@ -279,12 +277,11 @@ def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: di
         "files": files,
         **extra,
     }
-    if bound:
-        manifest["bound"] = {**extra.get("bound", {}), "unit_fingerprint": manifest["unit_fingerprint"]}
-    if ivf:
-        manifest["ivf"] = {**extra["ivf"], "unit_fingerprint": manifest["unit_fingerprint"]}
-    else:
-        manifest.pop("ivf", None)
+    for ix in indexes:
+        if ix in built:
+            manifest[ix.key] = {**extra[ix.key], "unit_fingerprint": manifest["unit_fingerprint"]}
+        else:
+            manifest.pop(ix.key, None)
     _write_json(part / MANIFEST, manifest)
     (part / PROGRESS).unlink()
     final = part.with_name(part.name[: -len(".partial")])

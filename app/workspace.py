@@ -18,10 +18,11 @@ from model.tokenizer import UnknownCharacters
 from model.train import resolve_device
 
 from .approx import Engine
-from .bound import DEFAULT_RANK, add_bound
 from .corpus import DEFAULT_CORPUS, Corpus, CorpusError, load_corpus
 from .calibrate import calibrate_thresholds
-from .search import make_search
+from .search import index_files, make_search
+from .search.bound import DEFAULT_RANK, add_bound, seal_bound
+from .search.ivf import build_ivf, seal_ivf
 from .settings import Settings
 from .store import StoreError, StoreSpec, build_store, finalize, open_store
 
@@ -109,7 +110,8 @@ def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
     extra = {"defaults": defaults, "bound": bound_index(part, progress)}
     if ivf_kind:
         extra["ivf"] = ivf_index(part, ivf_kind, progress)
-    return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, extra)
+    return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, extra,
+                    index_files(ws.model.cfg.n_layer))
 
 
 def bound_index(path: Path, progress: bool = True) -> dict:
@@ -121,8 +123,6 @@ def bound_index(path: Path, progress: bool = True) -> dict:
 
 def ivf_index(path: Path, kind: str, progress: bool = True) -> dict:
     """Write the ivf index beside the vectors at ``path``; returns its manifest entry."""
-    from .ivf import build_ivf
-
     t0 = time.time()
     info = build_ivf(path, kind=kind, progress=progress)
     return {**info, "seconds": round(time.time() - t0, 1)}
@@ -132,8 +132,6 @@ def add_missing_indexes(ws: Workspace, ivf_kind: str | None, progress: bool = Tr
     """Add the bound index (and the ivf index of ``ivf_kind``) to a complete store that lacks them
     or whose copies do not fit it; returns what was added. The manifest is rewritten atomically
     after each, so an interruption leaves the store as it was."""
-    from .store import seal_bound, seal_ivf
-
     added = []
     st = open_store(ws.store_dir, ws.spec)
     for name, wanted in (("bound", True), ("ivf", bool(ivf_kind))):

@@ -16,7 +16,8 @@ all of them. In one run it prints:
 - per block (search + the first strings a page shows, ordered) and per full query (forward + every
   block + blend + the /api/query answer) p50/p95 of each backend, in threshold mode (the store's
   calibrated thresholds) and top-k mode; the full scan as a ratio to the floor;
-- bytes read per query and candidates / true neighbours per block (bound, ivf);
+- bytes read per query and candidates / true neighbours per block (bound, ivf), from the statistics
+  each answer carries;
 - ivf: neighbour recall against exact, the share of prompts whose top-1 is unchanged, mean |dH|;
 - batched evaluation (METHOD.md's reference prompts) in prompts/s for bound and full scan, against
   the sgemm floor of a full scan (every prompt x every string x every block, one multiply-add each);
@@ -93,9 +94,11 @@ def dir_bytes(path: Path, names) -> int:
 
 
 def time_blocks(engine, prompts, qs, backends) -> dict:
-    """Per backend and block: seconds per search, answers, and candidates."""
+    """Per backend and block: seconds per search, answers, candidates and bytes read (from each
+    answer's statistics)."""
     L = engine.store.n_layer
-    out = {n: {"t": [[] for _ in range(L)], "ans": [], "cand": [[] for _ in range(L)]} for n in backends}
+    out = {n: {"t": [[] for _ in range(L)], "ans": [], "cand": [[] for _ in range(L)],
+               "bytes": [[] for _ in range(L)]} for n in backends}
     for p in prompts:
         _, ffn = engine.forward(engine.encode(p))
         q = unit(ffn)
@@ -107,7 +110,8 @@ def time_blocks(engine, prompts, qs, backends) -> dict:
                       else s.topk(b, q[b], qs.k))
                 nb.top(qs.show)  # what a page shows: the first strings, ordered
                 out[name]["t"][b].append(time.perf_counter() - t)
-                out[name]["cand"][b].append(getattr(s, "last_candidates", [len(nb)] * L)[b])
+                out[name]["cand"][b].append(nb.stats.candidates)
+                out[name]["bytes"][b].append(nb.stats.bytes_read)
                 per.append(nb)
             out[name]["ans"].append(per)
     return out
@@ -281,8 +285,7 @@ def main() -> None:
             exact_all = np.sum([np.array(full["t"][b]) for b in range(L)], axis=0)
             print(f"full scan, all blocks: p50 {ms(exact_all, 50):.1f} ms = "
                   f"{np.median(exact_all) / (L * floor):.2f} x the floor of {1000 * L * floor:.1f} ms")
-            cand_bytes = np.mean([sum(rest["bound"]["cand"][b][i] for b in range(L)) for i in range(len(prompts))]) * C * 2
-            bound_bytes = L * P * (4 * store.manifest["bound"]["rank"] + 4) + cand_bytes
+            bound_bytes = np.mean([sum(rest["bound"]["bytes"][b][i] for b in range(L)) for i in range(len(prompts))])
             print(f"bytes read per query: full scan {L * P * C * 2 / 2**20:,.0f} MiB, bound "
                   f"{bound_bytes / 2**20:,.1f} MiB ({bound_bytes / (L * P * C * 2):.2f} of it)")
             print(f"bound answers identical to the full scan's on {len(few)} prompts x {L} blocks: "

@@ -22,19 +22,40 @@ search accepts strings without computing their products: a string is taken unsee
 lower bound clears the threshold by the margin.
 (Float16 projections would halve the bytes, but torch's float16 matrix-vector product on the CPU
 is compute-bound at this shape: measured 18 ms for 823k x 32 against 5 ms in float32 here.)
+
+Plans, chosen once when the backend opens (``open_bound``): on the CPU, ``BoundSearch`` prunes
+single queries and batches alike; on an accelerator, ``DeviceBoundSearch`` holds the projections
+there and prunes single queries, while batches run the full scan on the device. Both hold an
+``ExactSearch`` (``scan``) that computes every float32 similarity they return.
+
+Files (float32): ``bound_basis.npy`` (L, C, k), ``bound_proj.npy`` (L, k, P), ``bound_resid.npy``
+(L, P); written by ``add_bound``, recorded in the manifest by ``seal_bound`` (or by the store's
+``finalize``, given ``index_files``), checked by ``open_bound``.
 """
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .search import (_EMPTY, ExactSearch, Neighbours, _best_of, _clamp_topk, _mask_excluded,
-                     as_tensor, batch_output)
-from .store import Store
+from ..store import IndexFiles, Store, seal_index
+from .base import (IndexCheck, Neighbours, SearchStats, as_tensor, batch_output, best_of,
+                   clamp_topk, empty, mask_excluded, record)
+from .exact import ExactSearch
 
 BOUND_MARGIN = 1e-4
 DEFAULT_RANK = 32
-FILES = ("bound_basis.npy", "bound_proj.npy", "bound_resid.npy")
+SMALL = ("bound_basis.npy",)  # hashed in the manifest
+BIG = ("bound_proj.npy", "bound_resid.npy")
+CHECK = IndexCheck("bound", made="fitted to", add="run `ffnlens index` to add it",
+                   rebuild="run `ffnlens index --force` to rebuild it")
+
+
+def index_files(n_layer: int) -> IndexFiles:
+    """The bound index's files (the same for any number of blocks)."""
+    return IndexFiles("bound", SMALL + BIG, hashed=SMALL)
 
 
 def fit_basis(unit: np.ndarray, k: int, sample: int = 20000, seed: int = 0) -> np.ndarray:
@@ -61,37 +82,25 @@ def project(unit: np.ndarray, basis: np.ndarray, chunk: int = 65536) -> tuple[np
     return proj, resid
 
 
-class BoundSearch(ExactSearch):
-    """Exact answers (equal to the full float32 scan) from a pruned scan; batches as ExactSearch."""
+class BoundIndex:
+    """The bound's arrays for every block, and the bounds they give on the CPU."""
 
-    name = "bound"
-
-    def __init__(self, store: Store, basis: np.ndarray, proj: np.ndarray, resid: np.ndarray,
-                 device: str = "cpu"):
-        super().__init__(store, device)
+    def __init__(self, basis: np.ndarray, proj: np.ndarray, resid: np.ndarray):
         self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (L, C, k)
         self.proj, self.resid = proj, resid  # (L, k, P) and (L, P) float32, memory-mapped
-        self._gpu: dict = {}
-        self.last_candidates: list[int] = [0] * store.n_layer  # for benchmarks
 
-    def _query_parts(self, b: int, q: torch.Tensor) -> tuple[np.ndarray, np.float32]:
+    def block_bytes(self) -> int:
+        """Bytes of one block's projections and residual norms: one pass of the bound reads them."""
+        _, k, P = self.proj.shape
+        return 4 * (k + 1) * P
+
+    def query_parts(self, b: int, q: torch.Tensor) -> tuple[np.ndarray, np.float32]:
         """The unit query's projection (k,) and residual norm, float32."""
         qn = q.detach().cpu().numpy().astype(np.float32)
         qp = self.basis[b].T @ qn
         return qp, np.float32(np.linalg.norm(qn - self.basis[b] @ qp))
 
-    def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
-        """(P,) float32 upper bounds of q . x, valid to within BOUND_MARGIN."""
-        qp, qr = self._query_parts(b, q)
-        if self.device != "cpu":
-            if b not in self._gpu:
-                self._gpu[b] = (torch.from_numpy(np.array(self.proj[b])).to(self.device),
-                                torch.from_numpy(np.array(self.resid[b])).to(self.device))
-            pt, rt = self._gpu[b]
-            return torch.from_numpy(qp).to(self.device) @ pt + float(qr) * rt
-        return torch.from_numpy(self._cpu_bounds(b, qp, qr)[0])
-
-    def _cpu_bounds(self, b: int, qp: np.ndarray, qr: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    def cpu_bounds(self, b: int, qp: np.ndarray, qr: np.float32) -> tuple[np.ndarray, np.ndarray]:
         """(P,) upper bounds on the CPU, and the residual term |q_r| |x_r| in them (the bound's
         lower side is the upper one less twice that term)."""
         slack = qr * self.resid[b]
@@ -99,44 +108,7 @@ class BoundSearch(ExactSearch):
         ub += slack
         return ub, slack
 
-    def _candidates(self, b: int, q: torch.Tensor, thr: float) -> torch.Tensor:
-        ub = self.bounds(b, q)
-        if ub.device.type == "cpu":  # numpy's flatnonzero is several times faster than torch's here
-            cand = torch.from_numpy(np.flatnonzero(ub.numpy() > np.float32(thr - BOUND_MARGIN)))
-        else:
-            cand = torch.nonzero(ub > thr - BOUND_MARGIN).flatten()
-        self.last_candidates[b] = len(cand)
-        return cand
-
-    def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
-        """As the full scan's, and the same answer. The bound's lower side, q_p . x_p - |q_r| |x_r|,
-        proves many strings qualify without their product (87 % of block 5's on blog-cpu, where
-        the sets reach 100,000): their similarities are computed only when the answer is ordered
-        or its first strings are shown (see Neighbours)."""
-        if self.device != "cpu":
-            return super().threshold(b, q, thr, exclude)
-        ub, slack = self._cpu_bounds(b, *self._query_parts(b, q))
-        cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
-        if exclude is not None:
-            cand = cand[cand != exclude]
-        self.last_candidates[b] = len(cand)
-        hi = ub[cand]
-        lo = hi - 2 * slack[cand]
-        sure = lo > np.float32(thr + BOUND_MARGIN)
-        test = cand[~sure]
-        s = self.exact(b, torch.from_numpy(test), q).numpy()
-        keep = s > thr
-        rows = np.concatenate([test[keep], cand[sure]]).astype(np.int64)
-        sims = np.concatenate([s[keep], np.full(int(sure.sum()), np.nan, np.float32)])
-        if not sure.any():
-            return Neighbours(rows, sims)
-        lo_all = np.concatenate([s[keep], lo[sure] - np.float32(BOUND_MARGIN)])
-        hi_all = np.concatenate([s[keep], hi[sure] + np.float32(BOUND_MARGIN)])
-        return Neighbours(rows, sims, lo=lo_all, hi=hi_all,
-                          fill=lambda r: self.exact(b, torch.from_numpy(r), q).numpy())
-
-    # --- batches (evaluation, calibration) ------------------------------------------------------
-    def _batch_parts(self, b: int, Q: torch.Tensor):
+    def batch_parts(self, b: int, Q: torch.Tensor):
         """Unit queries (B, C) -> float32 CPU queries, their projections (B, k), residual norms (B,),
         and the block's projections (k, P) and residual norms (P,) as tensors."""
         Q = Q.detach().to("cpu", torch.float32).contiguous()
@@ -145,25 +117,99 @@ class BoundSearch(ExactSearch):
         qr = (Q - Qp @ U.T).norm(dim=1)
         return Q, Qp, qr, as_tensor(self.proj[b]), as_tensor(self.resid[b])
 
-    def _chunk_bounds(self, Qp, qr, proj, resid):
-        """(start, (B, chunk) upper bounds) for each chunk of the pool: the batch form of ``bounds``."""
-        for s in range(0, self.store.size, self.chunk):
-            ub = Qp @ proj[:, s : s + self.chunk]
-            ub += qr[:, None] * resid[None, s : s + self.chunk]
+    @staticmethod
+    def chunk_bounds(Qp, qr, proj, resid, chunk: int):
+        """(start, (B, chunk) upper bounds) for each chunk of the pool: the batch form of the bound."""
+        for s in range(0, proj.shape[1], chunk):
+            ub = Qp @ proj[:, s : s + chunk]
+            ub += qr[:, None] * resid[None, s : s + chunk]
             yield s, ub
 
+
+def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tensor, k: int,
+                     exclude: int | None, plan: str, bound_bytes: int) -> Neighbours:
+    """Two passes over upper bounds ``ub`` (on the CPU or a device): the exact similarities of the
+    2k best bounds give a k-th value that the answer's k-th can only exceed; every string whose
+    bound reaches it (less the margin, so ties at the k-th are all seen) is then decided exactly.
+    Measured on blog-cpu at k = 200: 5.5 ms per block before (rounds of 4x more candidates, each
+    re-ranking every bound)."""
+    n, k = clamp_topk(ub, k, exclude)  # the excluded row's bound is now -inf
+    if k <= 0:
+        return empty(record(None, plan, 0, bound_bytes))
+    m = min(n, 2 * k)
+    if ub.device.type == "cpu":  # numpy's partition and flatnonzero: 3x faster than torch's topk
+        u = ub.numpy()
+        first = torch.from_numpy(np.flatnonzero(u >= np.partition(u, len(u) - m)[len(u) - m]))
+    else:
+        first = ub.topk(m).indices
+    kth = float(scan.exact(b, first, q).topk(k).values[-1])
+    if ub.device.type == "cpu":
+        cand = torch.from_numpy(np.flatnonzero(ub.numpy() >= np.float32(kth - BOUND_MARGIN)))
+    else:
+        cand = torch.nonzero(ub >= kth - BOUND_MARGIN).flatten()
+    stats = record(None, plan, len(cand), bound_bytes + len(cand) * scan.row_bytes())
+    return best_of(cand, scan.exact(b, cand, q), k, stats)
+
+
+class BoundSearch:
+    """Exact answers (equal to the full float32 scan) from a pruned scan, for single queries and
+    batches; the bounds on the CPU, the float32 products by ``scan`` (on ``device``)."""
+
+    name = "bound"
+
+    def __init__(self, store: Store, basis: np.ndarray, proj: np.ndarray, resid: np.ndarray,
+                 device: str = "cpu"):
+        self.store, self.device = store, device
+        self.index = BoundIndex(basis, proj, resid)
+        self.scan = ExactSearch(store, device)
+
+    def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
+        """(P,) float32 upper bounds of q . x, valid to within BOUND_MARGIN."""
+        return torch.from_numpy(self.index.cpu_bounds(b, *self.index.query_parts(b, q))[0])
+
+    def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
+        """As the full scan's, and the same answer. The bound's lower side, q_p . x_p - |q_r| |x_r|,
+        proves many strings qualify without their product (87 % of block 5's on blog-cpu, where
+        the sets reach 100,000): their similarities are computed only when the answer is ordered
+        or its first strings are shown (see Neighbours)."""
+        ub, slack = self.index.cpu_bounds(b, *self.index.query_parts(b, q))
+        cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
+        if exclude is not None:
+            cand = cand[cand != exclude]
+        stats = record(None, "bound", len(cand),
+                       self.index.block_bytes() + len(cand) * self.scan.row_bytes())
+        hi = ub[cand]
+        lo = hi - 2 * slack[cand]
+        sure = lo > np.float32(thr + BOUND_MARGIN)
+        test = cand[~sure]
+        s = self.scan.exact(b, torch.from_numpy(test), q).numpy()
+        keep = s > thr
+        rows = np.concatenate([test[keep], cand[sure]]).astype(np.int64)
+        sims = np.concatenate([s[keep], np.full(int(sure.sum()), np.nan, np.float32)])
+        if not sure.any():
+            return Neighbours(rows, sims, stats=stats)
+        lo_all = np.concatenate([s[keep], lo[sure] - np.float32(BOUND_MARGIN)])
+        hi_all = np.concatenate([s[keep], hi[sure] + np.float32(BOUND_MARGIN)])
+        return Neighbours(rows, sims, lo=lo_all, hi=hi_all, stats=stats,
+                          fill=lambda r: self.scan.exact(b, torch.from_numpy(r), q).numpy())
+
+    def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
+        """See ``topk_from_bounds``."""
+        return topk_from_bounds(self.scan, b, q, self.bounds(b, q), k, exclude, "bound",
+                                self.index.block_bytes())
+
+    # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
-                        exclude: torch.Tensor | None = None, sims: bool = True) -> tuple:
+                        exclude: torch.Tensor | None = None, sims: bool = True,
+                        stats: SearchStats | None = None) -> tuple:
         """As ExactSearch.batch_threshold, from the bound: one (B, k) x (k, chunk) product per chunk
         instead of (B, C) x (C, chunk), then exact products for the surviving pairs only; with
         ``sims=False``, only for the pairs the lower bound does not already prove (their
         similarities are then None)."""
-        if self.device != "cpu":
-            return super().batch_threshold(b, Q, thr, exclude)
-        Q, Qp, qr, proj, resid = self._batch_parts(b, Q)
+        Q, Qp, qr, proj, resid = self.index.batch_parts(b, Q)
         cut = thr - BOUND_MARGIN
         qis, rws, ubs = [], [], []
-        for s, ub in self._chunk_bounds(Qp, qr, proj, resid):
+        for s, ub in self.index.chunk_bounds(Qp, qr, proj, resid, self.scan.chunk):
             i, j = torch.nonzero(ub > cut, as_tuple=True)
             qis.append(i)
             rws.append(j + s)
@@ -177,9 +223,9 @@ class BoundSearch(ExactSearch):
         if exclude is not None:
             keep = rows != exclude.to(torch.long)[qi]
             qi, rows, sure = qi[keep], rows[keep], sure[keep]
-        self.last_candidates[b] = len(rows)
+        record(stats, "bound", len(rows), self.index.block_bytes() + len(rows) * self.scan.row_bytes())
         test = ~sure
-        exact = self.pair_sims(b, Q, qi[test], rows[test])
+        exact = self.scan.pair_sims(b, Q, qi[test], rows[test])
         keep = exact > thr
         if not sims:
             return (torch.cat([qi[test][keep], qi[sure]]).numpy().astype(np.int64),
@@ -187,23 +233,22 @@ class BoundSearch(ExactSearch):
         return (qi[keep].numpy().astype(np.int64), rows[keep].numpy().astype(np.int64),
                 exact[keep].numpy())
 
-    def batch_topk(self, b: int, Q: torch.Tensor, k: int,
-                   exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
+    def batch_topk(self, b: int, Q: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+                   stats: SearchStats | None = None) -> tuple[np.ndarray, ...]:
         """As ExactSearch.batch_topk, in rounds: each round reads, for every query still open, its
         m best bounds from one pass over the projections and computes their exact products; a query
         is answered once its (m+1)-th bound cannot beat its k-th exact similarity (ties included);
         the others go to the next round with 4 m (at m = P every query is answered)."""
-        if self.device != "cpu":
-            return super().batch_topk(b, Q, k, exclude)
-        Q, Qp, qr, proj, resid = self._batch_parts(b, Q)
+        Q, Qp, qr, proj, resid = self.index.batch_parts(b, Q)
         B, P = Q.shape[0], self.store.size
         ex = torch.full((B,), -1, dtype=torch.long) if exclude is None else exclude.to(torch.long).cpu()
-        answers, n_cand = [], 0
+        answers, n_cand, rounds = [], 0, 0
         pending = torch.arange(B)
         m = min(P, max(4 * k, k + 256))
         while len(pending):
             done = self._topk_round(b, Q[pending], Qp[pending], qr[pending], proj, resid, k, m,
                                     ex[pending])
+            rounds += 1
             for j, nb in done.items():
                 answers.append((int(pending[j]), nb))
             n_cand += len(done) * m
@@ -212,7 +257,7 @@ class BoundSearch(ExactSearch):
             if len(pending) and m == P:
                 raise AssertionError("a top-k round over the whole pool left queries open")
             m = min(P, 4 * m)
-        self.last_candidates[b] = n_cand
+        record(stats, "bound", n_cand, rounds * self.index.block_bytes() + n_cand * self.scan.row_bytes())
         return batch_output(sorted(answers, key=lambda a: a[0]))
 
     def _topk_round(self, b, Q, Qp, qr, proj, resid, k: int, m: int, ex: torch.Tensor) -> dict:
@@ -222,8 +267,8 @@ class BoundSearch(ExactSearch):
         keep_n = min(P, m + 1)
         best_v = torch.full((B, 0), -float("inf"))
         best_i = torch.zeros((B, 0), dtype=torch.long)
-        for s, ub in self._chunk_bounds(Qp, qr, proj, resid):
-            _mask_excluded(ub, ex, s)
+        for s, ub in self.index.chunk_bounds(Qp, qr, proj, resid, self.scan.chunk):
+            mask_excluded(ub, ex, s)
             v, i = ub.topk(min(keep_n, ub.shape[1]), dim=1)
             v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
             best_v, pos = v.topk(min(keep_n, v.shape[1]), dim=1)
@@ -231,51 +276,69 @@ class BoundSearch(ExactSearch):
         cand, cand_v = best_i[:, :m], best_v[:, :m]
         rest = best_v[:, m] if best_v.shape[1] > m else torch.full((B,), -float("inf"))
         qi = torch.arange(B)[:, None].expand_as(cand)
-        sims = self.pair_sims(b, Q, qi.reshape(-1), cand.reshape(-1)).reshape(B, -1)
+        sims = self.scan.pair_sims(b, Q, qi.reshape(-1), cand.reshape(-1)).reshape(B, -1)
         sims[~torch.isfinite(cand_v)] = -float("inf")  # the excluded row, when it was read
         done = {}
         for i in range(B):
             n = P - int(0 <= int(ex[i]) < P)
             kk = min(k, n)
             if kk <= 0:
-                done[i] = _EMPTY()
+                done[i] = empty()
                 continue
             finite = torch.isfinite(sims[i])
             if int(finite.sum()) < kk:
                 continue
             kth = float(sims[i][finite].topk(kk).values[-1])
             if cand.shape[1] >= n or float(rest[i]) + BOUND_MARGIN < kth:
-                done[i] = _best_of(cand[i][finite], sims[i][finite], kk)
+                done[i] = best_of(cand[i][finite], sims[i][finite], kk)
         return done
 
+
+class DeviceBoundSearch:
+    """The bound on an accelerator: the projections are held on the device and prune single
+    queries (the same answers as the CPU's plan); batches are the full scan's on the device."""
+
+    name = "bound"
+
+    def __init__(self, store: Store, basis: np.ndarray, proj: np.ndarray, resid: np.ndarray,
+                 device: str):
+        self.store, self.device = store, device
+        self.index = BoundIndex(basis, proj, resid)
+        self.scan = ExactSearch(store, device)
+        self._held: dict = {}
+
+    def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
+        """(P,) float32 upper bounds of q . x on the device, valid to within BOUND_MARGIN."""
+        qp, qr = self.index.query_parts(b, q)
+        if b not in self._held:
+            self._held[b] = (torch.from_numpy(np.array(self.index.proj[b])).to(self.device),
+                             torch.from_numpy(np.array(self.index.resid[b])).to(self.device))
+        pt, rt = self._held[b]
+        return torch.from_numpy(qp).to(self.device) @ pt + float(qr) * rt
+
+    def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
+        cand = torch.nonzero(self.bounds(b, q) > thr - BOUND_MARGIN).flatten()
+        stats = record(None, "bound-device", len(cand),
+                       self.index.block_bytes() + len(cand) * self.scan.row_bytes())
+        return self.scan.threshold_among(b, q, thr, cand, exclude, stats)
+
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
-        """Two passes: the exact similarities of the 2k best bounds give a k-th value that the
-        answer's k-th can only exceed; every string whose bound reaches it (less the margin, so
-        ties at the k-th are all seen) is then decided exactly. Measured on blog-cpu at k = 200:
-        5.5 ms per block before (rounds of 4x more candidates, each re-ranking every bound)."""
-        ub = self.bounds(b, q)
-        n, k = _clamp_topk(ub, k, exclude)  # the excluded row's bound is now -inf
-        if k <= 0:
-            return _EMPTY()
-        m = min(n, 2 * k)
-        if ub.device.type == "cpu":  # numpy's partition and flatnonzero: 3x faster than torch's topk
-            u = ub.numpy()
-            first = torch.from_numpy(np.flatnonzero(u >= np.partition(u, len(u) - m)[len(u) - m]))
-        else:
-            first = ub.topk(m).indices
-        kth = float(self.exact(b, first, q).topk(k).values[-1])
-        if ub.device.type == "cpu":
-            cand = torch.from_numpy(np.flatnonzero(ub.numpy() >= np.float32(kth - BOUND_MARGIN)))
-        else:
-            cand = torch.nonzero(ub >= kth - BOUND_MARGIN).flatten()
-        self.last_candidates[b] = len(cand)
-        return _best_of(cand, self.exact(b, cand, q), k)
+        return topk_from_bounds(self.scan, b, q, self.bounds(b, q), k, exclude, "bound-device",
+                                self.index.block_bytes())
+
+    def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
+                        exclude: torch.Tensor | None = None, sims: bool = True,
+                        stats: SearchStats | None = None) -> tuple:
+        return self.scan.batch_threshold(b, Q, thr, exclude, stats=stats)
+
+    def batch_topk(self, b: int, Q: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+                   stats: SearchStats | None = None) -> tuple[np.ndarray, ...]:
+        return self.scan.batch_topk(b, Q, k, exclude, stats=stats)
 
 
+# --- the index's files ----------------------------------------------------------------------------
 def add_bound(path, rank: int = DEFAULT_RANK, progress: bool = True) -> None:
     """Fit and write the bound index of the store (or finished build) at ``path``."""
-    from pathlib import Path
-
     from tqdm import tqdm
 
     path = Path(path)
@@ -290,26 +353,24 @@ def add_bound(path, rank: int = DEFAULT_RANK, progress: bool = True) -> None:
         proj[b], resid[b] = project(unit[b], basis[b])
     proj.flush()
     del proj
-    import os
-
     np.save(path / "bound_basis.npy", basis)
     np.save(path / "bound_resid.npy", resid)
     os.replace(path / "bound_proj.npy.tmp", path / "bound_proj.npy")
 
 
-def open_bound(store: Store, device: str = "cpu") -> BoundSearch:
-    from .store import StoreError
+def seal_bound(path, info: dict) -> None:
+    """Record the bound index files of the store at ``path`` (``info``: rank, seconds)."""
+    seal_index(Path(path), index_files(0), info)
 
-    info = store.manifest.get("bound")
-    if not info:
-        raise StoreError(f"the store at {store.path} has no bound index; run `ffnlens index` to add it")
-    if info.get("unit_fingerprint") != store.manifest.get("unit_fingerprint"):
-        raise StoreError(f"the bound index at {store.path} was fitted to other vectors than the "
-                         "store holds; run `ffnlens index --force` to rebuild it")
+
+def open_bound(store: Store, device: str = "cpu") -> BoundSearch | DeviceBoundSearch:
+    """The bound backend over the store's index, its plan chosen for ``device``; refuses an index
+    that is missing or was fitted to other vectors or shapes."""
+    CHECK.entry(store)
     basis = np.load(store.path / "bound_basis.npy")
     proj = np.load(store.path / "bound_proj.npy", mmap_mode="r")
     resid = np.load(store.path / "bound_resid.npy", mmap_mode="r")
-    if proj.shape != (store.n_layer, basis.shape[2], store.size) or resid.shape != (store.n_layer, store.size):
-        raise StoreError(f"the bound index at {store.path} does not fit the store; "
-                         "run `ffnlens index --force` to rebuild it")
-    return BoundSearch(store, basis, proj, resid, device)
+    CHECK.fits(proj.shape == (store.n_layer, basis.shape[2], store.size)
+               and resid.shape == (store.n_layer, store.size), f"at {store.path}")
+    plan = BoundSearch if device == "cpu" else DeviceBoundSearch
+    return plan(store, basis, proj, resid, device)

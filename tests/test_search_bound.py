@@ -1,4 +1,4 @@
-"""The bound backend returns exactly what the full float32 scan returns, on any store."""
+"""app/search/bound.py: the bound backend returns exactly what the full float32 scan returns, on any store."""
 from pathlib import Path
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from app.bound import BoundSearch, fit_basis, project
 from app.search import ExactSearch
+from app.search.bound import BoundSearch, fit_basis, project
 from app.store import Store
 
 
@@ -119,7 +119,7 @@ def test_large_residuals_many_ties_and_duplicates():
 
 
 def test_bound_is_an_upper_bound_within_the_margin():
-    from app.bound import BOUND_MARGIN
+    from app.search.bound import BOUND_MARGIN
 
     rng = np.random.default_rng(2)
     store = make_store(unit_rows(rng.normal(size=(1, 5000, 64))))
@@ -183,3 +183,40 @@ def test_a_bound_fitted_to_other_vectors_is_refused(engine, tmp_path):
     with pytest.raises(StoreError, match="fitted to other vectors"):
         make_search(st_, "bound")
     assert make_search(st_, "exact").name == "exact"
+
+
+def test_the_device_plan_equals_the_full_scan():
+    """The plan an accelerator gets (bounds held on the device prune single queries, batches are the
+    full scan's), run here on the CPU: the same answers as the full scan, bit for bit."""
+    from app.search import SearchStats
+    from app.search.bound import DeviceBoundSearch
+
+    rng = np.random.default_rng(4)
+    L, P, C, r = 1, 3000, 32, 5
+    x = rng.normal(size=(L, P, r)) @ rng.normal(size=(r, C)) + 0.05 * rng.normal(size=(L, P, C))
+    store = make_store(unit_rows(x))
+    cpu = bound_for(store, 8)
+    dev = DeviceBoundSearch(store, cpu.index.basis, cpu.index.proj, cpu.index.resid, "cpu")
+    full = ExactSearch(store)
+    Q = torch.from_numpy(store.unit[0, [0, 9, 77]].astype(np.float32))
+    for q in Q:
+        for thr in (0.99, 0.9, 0.0, -1.0):
+            same(full.threshold(0, q, thr), dev.threshold(0, q, thr))
+            same(full.threshold(0, q, thr, exclude=9), dev.threshold(0, q, thr, exclude=9))
+        for k in (1, 20, 300, P + 1):
+            same(full.topk(0, q, k), dev.topk(0, q, k))
+            same(full.topk(0, q, k, exclude=0), dev.topk(0, q, k, exclude=0))
+        assert dev.threshold(0, q, 0.9).stats.plan == "bound-device"
+    ex = torch.tensor([0, -1, 77])
+    for kind, arg in (("threshold", 0.9), ("topk", 15)):
+        st = SearchStats()
+        got = getattr(dev, f"batch_{kind}")(0, Q, arg, ex, stats=st)
+        ref = getattr(full, f"batch_{kind}")(0, Q, arg, ex)
+        assert all(np.array_equal(a, b) for a, b in zip(got, ref)) and st.plan == "scan"
+
+
+def test_open_bound_chooses_the_plan_for_the_device(engine):
+    from app.search.bound import BoundSearch, DeviceBoundSearch, open_bound
+
+    assert type(open_bound(engine.store, "cpu")) is BoundSearch
+    assert type(open_bound(engine.store, "cuda")) is DeviceBoundSearch  # nothing moves there yet

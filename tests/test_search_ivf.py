@@ -1,4 +1,4 @@
-"""The ivf backend: with every list probed it answers exactly as the full float32 scan; with few
+"""app/search/ivf.py, the ivf backend: with every list probed it answers exactly as the full float32 scan; with few
 lists probed, everything it returns is still a true answer with the full scan's similarity."""
 import json
 import shutil
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.ivf import FLOAT_MARGIN, IVFSearch, default_nlist, fit_ivf
 from app.search import ExactSearch
+from app.search.ivf import FLOAT_MARGIN, IVFSearch, default_nlist, fit_ivf
 from app.store import Store
 
 
@@ -109,7 +109,7 @@ def test_few_lists_probed_return_only_true_answers(clustered, kind, nprobe):
                 want, got = full.threshold(b, q, float(thr)), ivf.threshold(b, q, float(thr))
                 truth = dict(zip(want.rows.tolist(), want.sims.tolist()))
                 assert all(truth[r] == s for r, s in zip(got.rows.tolist(), got.sims.tolist()))
-                assert ivf.last_candidates[b] < store.size
+                assert got.stats.candidates < store.size
                 missed += len(want) - len(got)
             for k in (1, 7, 50):
                 nb = ivf.topk(b, q, k, exclude=5)
@@ -154,9 +154,8 @@ def test_batches_equal_single_queries(clustered, kind, nprobe):
 # --- the index a store is built with -----------------------------------------------------------
 
 def test_the_store_is_built_with_a_memory_mapped_ivf_index(engine):
-    from app.ivf import is_mmapped
     from app.search import make_search
-    from app.store import ivf_names
+    from app.search.ivf import is_mmapped, ivf_names
 
     store = engine.store
     info = store.manifest["ivf"]
@@ -173,8 +172,8 @@ def test_the_store_is_built_with_a_memory_mapped_ivf_index(engine):
 
 
 def test_the_store_index_with_every_list_probed_equals_the_full_scan(engine):
-    from app.ivf import open_ivf
     from app.search import unit
+    from app.search.ivf import open_ivf
 
     store = engine.store
     full = ExactSearch(store)
@@ -225,7 +224,7 @@ def test_an_index_for_a_store_of_another_size_is_refused(engine, tmp_path):
     """A file from another store (same dimension, other strings) is caught by its shape."""
     import faiss
 
-    from app.ivf import open_ivf
+    from app.search.ivf import open_ivf
     from app.store import StoreError, open_store
 
     dst = _copy(engine, tmp_path)
@@ -237,9 +236,9 @@ def test_an_index_for_a_store_of_another_size_is_refused(engine, tmp_path):
 
 
 def test_a_flat_index_added_to_a_store(engine, tmp_path):
-    from app.ivf import build_ivf, is_mmapped, open_ivf
     from app.search import unit
-    from app.store import open_store, seal_ivf
+    from app.search.ivf import build_ivf, is_mmapped, open_ivf, seal_ivf
+    from app.store import open_store
 
     dst = _copy(engine, tmp_path)
     info = build_ivf(dst, kind="flat", nlist=8, nprobe=2, progress=False)

@@ -23,9 +23,11 @@ case (flat has (b) only). A threshold search asks faiss for every string scoring
 thr - margin; top-k reads the best few by faiss score and stops once the best unread score plus
 the margin is below the k-th exact similarity.
 
-Files: ``ivf_{b}.faiss`` per block, memory-mapped on load (faiss's IO_FLAG_MMAP maps the inverted
-lists read-only as OnDiskInvertedLists, for both kinds with faiss 1.15.1: opening costs about 1 MiB
-of memory whatever the size; lists are paged in as they are probed).
+Files: ``ivf_{b}.faiss`` per block (``ivf_names``), written by ``build_ivf``, recorded in the
+manifest by ``seal_ivf`` (or by the store's ``finalize``, given ``index_files``), checked and
+memory-mapped by ``open_ivf`` (faiss's IO_FLAG_MMAP maps the inverted lists read-only as
+OnDiskInvertedLists, for both kinds with faiss 1.15.1: opening costs about 1 MiB of memory whatever
+the size; lists are paged in as they are probed).
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .search import _EMPTY, ExactSearch, Neighbours, _best_of, batch_output
-from .store import Store, StoreError, ivf_names
+from ..store import IndexFiles, Store, seal_index
+from .base import IndexCheck, Neighbours, SearchStats, batch_output, best_of, empty, record
+from .exact import ExactSearch
 
 FLOAT_MARGIN = 1e-4  # the least rounding margin; see float_margin
 KINDS = ("sq8", "flat")
@@ -45,6 +48,18 @@ MIN_PER_LIST = 39  # faiss's k-means wants at least 39 training points per centr
 PROBE_FRACTION = 16  # default nprobe = nlist / 16
 KMEANS_ITERATIONS = 10
 REBUILD = "run `ffnlens index` to build it again"
+PATTERN = "ivf_{}.faiss"
+CHECK = IndexCheck("ivf", made="built from", add=REBUILD, rebuild=REBUILD)
+
+
+def ivf_names(n_layer: int) -> tuple[str, ...]:
+    """The ivf index's files, one per block."""
+    return tuple(PATTERN.format(b) for b in range(n_layer))
+
+
+def index_files(n_layer: int) -> IndexFiles:
+    """The ivf index's files for a store of ``n_layer`` blocks (none hashed: they are large)."""
+    return IndexFiles("ivf", ivf_names(n_layer))
 
 
 def _faiss():
@@ -154,20 +169,21 @@ def build_ivf(path, kind: str = "sq8", nlist: int | None = None, nprobe: int | N
             "error": errors}
 
 
-class IVFSearch(ExactSearch):
-    """Approximate candidates from faiss, exact float32 similarities from ExactSearch; see the module
-    docstring. ``nprobe`` (settable) is the number of lists each query scans."""
+class IVFSearch:
+    """Approximate candidates from faiss, exact float32 similarities from ``scan`` (the full scan's
+    own products); see the module docstring. ``nprobe`` (settable) is the number of lists each
+    query scans."""
 
     name = "ivf"
 
     def __init__(self, store: Store, indexes: list, errors: list[float], nprobe: int,
                  device: str = "cpu"):
-        super().__init__(store, device)
+        self.store, self.device = store, device
+        self.scan = ExactSearch(store, device)
         self.indexes = indexes
         self.margins = [float(e) + float_margin(store.unit.shape[2]) for e in errors]
         self.nlist = int(indexes[0].nlist) if indexes else 0
         self.nprobe = nprobe
-        self.last_candidates: list[int] = [0] * store.n_layer  # for benchmarks
 
     @property
     def nprobe(self) -> int:
@@ -186,11 +202,15 @@ class IVFSearch(ExactSearch):
         q = q.detach().to("cpu", torch.float32)
         return np.ascontiguousarray(q.reshape(-1, q.shape[-1]).numpy())
 
-    def _candidates(self, b: int, q: torch.Tensor, thr: float) -> torch.Tensor:
+    def _stats(self, stats: SearchStats | None, candidates: int) -> SearchStats:
+        return record(stats, "ivf", candidates, candidates * self.scan.row_bytes())
+
+    def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
+        """Every string of the probed lists whose faiss score is within the margin of ``thr``,
+        decided by its float32 similarity."""
         _, _, ids = self.indexes[b].range_search(self._np(q), thr - self.margins[b])
         cand = torch.from_numpy(ids.astype(np.int64))
-        self.last_candidates[b] = len(cand)
-        return cand
+        return self.scan.threshold_among(b, q, thr, cand, exclude, self._stats(None, len(cand)))
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         """The k best strings among those in the probed lists (all of them when nprobe = nlist; fewer
@@ -199,7 +219,7 @@ class IVFSearch(ExactSearch):
         ex = exclude is not None and 0 <= exclude < P
         k = min(k, P - ex)
         if k <= 0:
-            return _EMPTY()
+            return empty(self._stats(None, 0))
         qn, margin = self._np(q), self.margins[b]
         m = min(P, max(2 * k, k + 64) + ex)
         while True:
@@ -210,21 +230,22 @@ class IVFSearch(ExactSearch):
             cand = torch.from_numpy(I[:m].astype(np.int64))
             if ex:
                 cand = cand[cand != exclude]
-            s = self.exact(b, cand, q)
+            s = self.scan.exact(b, cand, q)
             if rest == -float("inf"):  # every string of the probed lists was read
                 break
             # Stop once no unread string can reach the k-th exact similarity, ties included.
             if len(cand) >= k and rest + margin < float(s.topk(k).values[-1]):
                 break
             m = min(P, 4 * m)
-        self.last_candidates[b] = len(cand)
+        stats = self._stats(None, len(cand))
         if len(cand) == 0:
-            return _EMPTY()
-        return _best_of(cand, s.cpu(), min(k, len(cand)))
+            return empty(stats)
+        return best_of(cand, s.cpu(), min(k, len(cand)), stats)
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
-                        exclude: torch.Tensor | None = None, sims: bool = True) -> tuple:
+                        exclude: torch.Tensor | None = None, sims: bool = True,
+                        stats: SearchStats | None = None) -> tuple:
         """As ExactSearch.batch_threshold, from one faiss range search over the probed lists; pairs
         are ordered by query, then similarity (descending), then row."""
         Qn = self._np(Q)
@@ -234,15 +255,15 @@ class IVFSearch(ExactSearch):
         if exclude is not None:
             keep = rows != exclude.detach().cpu().to(torch.long)[qi]
             qi, rows = qi[keep], rows[keep]
-        self.last_candidates[b] = len(rows)
-        found = self.pair_sims(b, torch.from_numpy(Qn), qi, rows)
+        self._stats(stats, len(rows))
+        found = self.scan.pair_sims(b, torch.from_numpy(Qn), qi, rows)
         keep = found > thr
         qi, rows, found = qi[keep].numpy(), rows[keep].numpy(), found[keep].numpy()
         o = np.lexsort((rows, -found, qi))
         return qi[o], rows[o], found[o]
 
-    def batch_topk(self, b: int, Q: torch.Tensor, k: int,
-                   exclude: torch.Tensor | None = None) -> tuple[np.ndarray, ...]:
+    def batch_topk(self, b: int, Q: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+                   stats: SearchStats | None = None) -> tuple[np.ndarray, ...]:
         """As ExactSearch.batch_topk: one faiss search for every query's m best scores (m a little
         over k), exact products for those, and a single-query search for the few queries whose
         (m+1)-th score could still beat their k-th exact similarity."""
@@ -259,7 +280,7 @@ class IVFSearch(ExactSearch):
         valid = (cand >= 0) & (cand != ex[:, None])
         qi_all = np.broadcast_to(np.arange(B)[:, None], cand.shape)
         qi_t, rows_t = torch.from_numpy(qi_all[valid]), torch.from_numpy(cand[valid].astype(np.int64))
-        sims = self.pair_sims(b, torch.from_numpy(Qn), qi_t, rows_t).numpy()
+        sims = self.scan.pair_sims(b, torch.from_numpy(Qn), qi_t, rows_t).numpy()
         starts = np.concatenate([[0], np.cumsum(valid.sum(1))])
         answers = []
         n_cand, margin = 0, self.margins[b]
@@ -271,13 +292,13 @@ class IVFSearch(ExactSearch):
             r = rows_t[starts[i] : starts[i + 1]]
             s = torch.from_numpy(sims[starts[i] : starts[i + 1]])
             if rest[i] == -np.inf or (len(r) >= kk and rest[i] + margin < float(s.topk(kk).values[-1])):
-                nb = _best_of(r, s, min(kk, len(r))) if len(r) else _EMPTY()
+                nb = best_of(r, s, min(kk, len(r))) if len(r) else empty()
                 n_cand += len(r)
             else:  # rare: scores this close to the k-th; search this query on its own
                 nb = self.topk(b, torch.from_numpy(Qn[i]), k, e)
-                n_cand += self.last_candidates[b]
+                n_cand += nb.stats.candidates
             answers.append((i, nb))
-        self.last_candidates[b] = n_cand
+        self._stats(stats, n_cand)
         return batch_output(answers)
 
 
@@ -296,33 +317,29 @@ def is_mmapped(index) -> bool:
     return isinstance(il, faiss.OnDiskInvertedLists)
 
 
+def seal_ivf(path, info: dict) -> None:
+    """Record the ivf index files of the store at ``path`` (``info``: what build_ivf returns)."""
+    L = np.load(Path(path) / "ffn_unit.npy", mmap_mode="r").shape[0]
+    seal_index(Path(path), index_files(L), info)
+
+
 def open_ivf(store: Store, device: str = "cpu", nprobe: int | None = None) -> IVFSearch:
     """The ivf backend over the store's index (``nprobe``: lists per query, default the manifest's);
     refuses an index that is missing or was built for other vectors or shapes."""
     faiss = _faiss()
-    info = store.manifest.get("ivf")
-    if not info:
-        raise StoreError(f"the store at {store.path} has no ivf index; {REBUILD}")
-    if info.get("unit_fingerprint") != store.manifest.get("unit_fingerprint"):
-        raise StoreError(f"the ivf index at {store.path} was built from other vectors than the "
-                         f"store holds; {REBUILD}")
+    info = CHECK.entry(store)
     L, P, C = store.unit.shape
     errors = info.get("error", [])
-    if info.get("kind") not in KINDS or len(errors) != L:
-        raise StoreError(f"the ivf index at {store.path} has an unknown kind or no errors; {REBUILD}")
+    CHECK.fits(info.get("kind") in KINDS and len(errors) == L, f"at {store.path}",
+               "has an unknown kind or no errors")
     want = faiss.IndexIVFScalarQuantizer if info["kind"] == "sq8" else faiss.IndexIVFFlat
     indexes = []
     for name in ivf_names(L):
         p = store.path / name
-        if not p.exists():
-            raise StoreError(f"{p} is missing; {REBUILD}")
-        try:
-            index = read_ivf(p)  # faiss returns the concrete class (IndexIVFFlat, ...)
-        except RuntimeError as e:
-            raise StoreError(f"{p} cannot be read ({str(e).splitlines()[0]}); {REBUILD}") from e
-        if (not isinstance(index, want) or index.d != C or index.ntotal != P
-                or index.nlist != info.get("nlist") or index.metric_type != faiss.METRIC_INNER_PRODUCT):
-            raise StoreError(f"the ivf index {p} does not fit the store; {REBUILD}")
+        index = CHECK.load(p, read_ivf)  # faiss returns the concrete class (IndexIVFFlat, ...)
+        CHECK.fits(isinstance(index, want) and index.d == C and index.ntotal == P
+                   and index.nlist == info.get("nlist") and index.metric_type == faiss.METRIC_INNER_PRODUCT,
+                   str(p))
         indexes.append(index)
     nlist = int(info["nlist"])
     return IVFSearch(store, indexes, errors, min(nlist, int(nprobe or info.get("nprobe") or

@@ -1,4 +1,5 @@
-"""The engine's neighbours against a brute-force recomputation from the stored vectors."""
+"""app/search/exact.py, and every backend: the neighbours against a brute-force recomputation from the
+stored vectors."""
 import numpy as np
 import pytest
 import torch
@@ -50,12 +51,12 @@ def test_threshold_and_topk_equal_brute_force(engine, b, backend):
 
 
 def test_topk_ties_are_taken_in_row_order():
-    from app.search import _topk_ties
+    from app.search.base import topk_ties
 
     s = torch.tensor([0.5, 0.9, 0.5, 0.5, 0.1, 0.9])
-    nb = _topk_ties(s, 3, False)
+    nb = topk_ties(s, 3, False)
     assert nb.rows.tolist() == [1, 5, 0]
-    nb = _topk_ties(s, 4, False)
+    nb = topk_ties(s, 4, False)
     assert nb.rows.tolist() == [1, 5, 0, 2]
 
 
@@ -81,9 +82,9 @@ def test_batches_equal_single_queries(engine):
 def test_split_float16_pass_on_a_large_block():
     """Blocks of 65,536 rows or more take the multi-threaded float16 pass: still within its margin,
     and the threshold answer is still the float32 one."""
-    from app.search import COARSE_MARGIN
+    from app.search.exact import COARSE_MARGIN
 
-    from .test_bound import make_store, unit_rows
+    from .test_search_bound import make_store, unit_rows
 
     rng = np.random.default_rng(3)
     store = make_store(unit_rows(rng.normal(size=(1, 70_000, 16))))
@@ -94,3 +95,45 @@ def test_split_float16_pass_on_a_large_block():
     sims = brute(store, 0, q)
     for thr in (0.9, 0.5):
         check_threshold(search.threshold(0, q, thr).rows, sims, thr)
+
+
+@pytest.mark.parametrize("backend, plan", [("exact", "scan"), ("bound", "bound"), ("ivf", "ivf")])
+def test_answers_carry_their_own_statistics(engine, backend, plan):
+    """Each answer says what it cost (nothing is written on the shared search object): single
+    queries on their Neighbours, batches in the SearchStats their caller passes."""
+    from app.search import SearchStats, make_search
+
+    store = engine.store
+    search = make_search(store, backend)
+    rows = np.array([3, 7, 11])
+    Q = unit(torch.from_numpy(store.ffn(3, rows)))
+    before = dict(vars(search))
+    wide, narrow = search.threshold(3, Q[0], -1.0), search.threshold(3, Q[0], 0.99)
+    assert wide.stats is not narrow.stats
+    for nb in (wide, narrow, search.topk(3, Q[1], 5, exclude=7)):
+        assert nb.stats.plan == plan
+        assert nb.stats.candidates >= len(nb) and nb.stats.bytes_read > 0
+    assert wide.stats.candidates >= narrow.stats.candidates
+    for call in (lambda st: search.batch_threshold(3, Q, 0.5, torch.from_numpy(rows), stats=st),
+                 lambda st: search.batch_topk(3, Q, 5, stats=st)):
+        st = SearchStats()
+        qi, _, _ = call(st)
+        assert st.plan == plan and st.candidates >= len(qi) > 0 and st.bytes_read > 0
+    assert vars(search).keys() == before.keys()  # no counters left behind
+    assert not hasattr(search, "last_candidates")
+
+
+def test_every_backend_offers_the_interface():
+    """Each backend class has the Protocol's name and methods, with the same parameters."""
+    import inspect
+
+    from app.search import SearchBackend
+    from app.search.bound import BoundSearch, DeviceBoundSearch
+    from app.search.ivf import IVFSearch
+
+    methods = ("threshold", "topk", "batch_threshold", "batch_topk")
+    for cls in (ExactSearch, BoundSearch, DeviceBoundSearch, IVFSearch):
+        assert isinstance(cls.name, str)
+        for m in methods:
+            want = list(inspect.signature(getattr(SearchBackend, m)).parameters)
+            assert list(inspect.signature(getattr(cls, m)).parameters) == want, (cls, m)
