@@ -15,14 +15,12 @@ from model.errors import FfnlensError
 from model.gpt import GPT
 from model.tokenizer import CharTokenizer, UnknownCharacters
 
+from .defaults import (REFERENCE_DEPTH, default_weights, fallback_thresholds,
+                       reference_thresholds_for)
 from .metrics import hellinger, topk_agreement
 
 from .search import Neighbours, SearchBackend, unit
 from .store import Store
-
-# METHOD.md's hand-tuned values for the reference model (blocks 0..5).
-REFERENCE_THRESHOLDS = (0.95, 0.94, 0.85, 0.76, 0.81, 0.89)
-REFERENCE_WEIGHTS = (0.01, 0.01, 0.1, 1.5, 6.0, 0.01)
 
 
 class QueryError(FfnlensError):
@@ -33,9 +31,10 @@ class QueryError(FfnlensError):
 @dataclass
 class QuerySettings:
     mode: str = "threshold"  # "threshold": cosine > per-block threshold; "topk": k nearest
-    thresholds: list[float] | None = None  # per block; None: the store's calibrated defaults
+    # per block; None: the store's calibrated defaults; "reference": METHOD.md's (6-block models)
+    thresholds: list[float] | str | None = None
     k: int = 200  # neighbours per block in top-k mode
-    weights: list[float] | None = None  # per block; None: METHOD.md's reference weights
+    weights: list[float] | None = None  # per block; None: METHOD.md's, by depth (app/defaults.py)
     blend: str = "raw"  # "raw": weight x summed counts (METHOD.md); "normalised": weight x distribution
     exclude_self: bool = False  # drop the pool string equal to the prompt's last n characters
     show: int = 10  # neighbours listed per block
@@ -48,10 +47,18 @@ class QuerySettings:
             raise QueryError(f"mode must be 'threshold' or 'topk', not {s.mode!r}")
         if s.blend not in ("raw", "normalised"):
             raise QueryError(f"blend must be 'raw' or 'normalised', not {s.blend!r}")
+        if s.thresholds == "reference":
+            s.thresholds = reference_thresholds_for(L)
+            if s.thresholds is None:
+                raise QueryError(f"thresholds=reference are METHOD.md's values for its "
+                                 f"{REFERENCE_DEPTH}-block model; this model has {L} blocks: leave "
+                                 f"thresholds empty for this store's calibrated ones, or give {L} values")
+        elif isinstance(s.thresholds, str):
+            raise QueryError(f"thresholds must be numbers or 'reference', not {s.thresholds[:20]!r}")
         if s.thresholds is None:
-            s.thresholds = list(store.defaults.get("thresholds") or REFERENCE_THRESHOLDS[:L])
+            s.thresholds = list(store.defaults.get("thresholds") or fallback_thresholds(L))
         if s.weights is None:
-            s.weights = list(store.defaults.get("weights") or REFERENCE_WEIGHTS[:L])
+            s.weights = list(store.defaults.get("weights") or default_weights(L))
         for name, vals in (("thresholds", s.thresholds), ("weights", s.weights)):
             if len(vals) != L:
                 raise QueryError(f"{name} need one value per block: {L} values, got {len(vals)}")

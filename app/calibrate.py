@@ -9,14 +9,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import defaults
 from .approx import Engine
 from .search import unit
 from .store import Store
 
-# Neighbour-set sizes of the reference model at its thresholds on the prompt "And only l"
-# (METHOD.md), over a pool of 858,923 strings: the targets of the "reference-sizes" rule.
-REFERENCE_SIZES = (94, 47, 70, 108, 175, 2237)
-REFERENCE_POOL = 858_923
 
 
 def reference_prompts(store: Store, n: int, seed: int = 1337) -> np.ndarray:
@@ -28,9 +25,7 @@ def reference_prompts(store: Store, n: int, seed: int = 1337) -> np.ndarray:
 def target_sizes(store: Store) -> list[int]:
     """Each block's neighbour-set size to calibrate for: the reference sizes (interpolated over
     L blocks when L != 6) scaled by this pool's size over the reference pool's, at least 1."""
-    L, scale = store.n_layer, store.size / REFERENCE_POOL
-    ref = np.interp(np.linspace(0, 5, L), np.arange(6), REFERENCE_SIZES) if L != 6 else REFERENCE_SIZES
-    return [max(1, int(round(t * scale))) for t in ref]
+    return defaults.target_sizes(store.n_layer, store.size)
 
 
 def calibrate_thresholds(engine: Engine, n_prompts: int = 256, seed: int = 7,

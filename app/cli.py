@@ -96,13 +96,13 @@ def cmd_index(args, settings: Settings) -> int:
 
 
 def _settings_from_args(args):
-    from .approx import REFERENCE_THRESHOLDS, QuerySettings
+    from .approx import QuerySettings
 
     def floats(text, what):
         if text is None:
             return None
         if what == "thresholds" and text == "reference":
-            return list(REFERENCE_THRESHOLDS)
+            return "reference"  # METHOD.md's, checked against the model's depth
         try:
             return [float(x) for x in text.split(",")]
         except ValueError:

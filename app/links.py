@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from .approx import REFERENCE_THRESHOLDS, QueryError, QuerySettings
+from .approx import QueryError, QuerySettings
 from .search import BACKENDS as SEARCH_BACKENDS
 
 BACKENDS = tuple(b for b in SEARCH_BACKENDS if b != "auto")  # a URL names one (the store may lack it)
@@ -73,6 +73,8 @@ def encode_items(prompt: str, settings: QuerySettings | None = None,
     s = settings or QuerySettings()
 
     def unless_default(vals, default):
+        if isinstance(vals, str):  # a named set ("reference")
+            return vals
         return None if vals is None or (defaults is not None and same_numbers(vals, default)) \
             else number_list(vals)
 
@@ -138,7 +140,7 @@ def decode(p: Mapping[str, str]) -> ViewParams:
         raise QueryError(f"mode must be 'threshold' or 'topk', not {mode[:20]!r}")
     ths = ws = None
     if thresholds.strip():
-        ths = list(REFERENCE_THRESHOLDS) if thresholds.strip() == "reference" else _floats(thresholds, "thresholds")
+        ths = "reference" if thresholds.strip() == "reference" else _floats(thresholds, "thresholds")
     if weights.strip():
         ws = _floats(weights, "weights")
     try:

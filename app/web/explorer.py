@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+
 from ..approx import Engine, QueryError, QueryResult, QuerySettings
+from ..defaults import DEPTH_RULE
 from ..links import ViewParams
 from ..search import available_backends, make_search
 from .gate import Gate
@@ -100,5 +102,6 @@ class Explorer:
         s = QuerySettings().resolved(st)
         return {"thresholds": ",".join(f"{t:.4f}" for t in s.thresholds),
                 "weights": ",".join(f"{w:g}" for w in s.weights),
-                "rule": st.defaults.get("rule", "METHOD.md's reference thresholds"),
-                "rule_text": st.defaults.get("rule_text", "")}
+                "rule": st.defaults.get("rule", "METHOD.md's reference thresholds, by depth"),
+                "rule_text": st.defaults.get("rule_text", "" if st.defaults.get("thresholds") else DEPTH_RULE),
+                "weights_rule": "the store's" if st.defaults.get("weights") else DEPTH_RULE}
