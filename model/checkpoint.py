@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,13 +38,16 @@ def load_torch_file(path, what: str):
     if not path.is_file():
         raise CheckpointError(f"no {what} at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on an old file's pickle protocol
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(path, str(e))
         if names:
             raise CheckpointError(
-                f"{path} refused: it holds Python objects ({', '.join(names)}) that could run code "
-                f"when loaded; ffnlens reads only tensors and plain data from a {what}") from e
+                f"{path} refused: it names Python objects ({', '.join(names)}) that loading would "
+                f"call, which can run any code; ffnlens reads only tensors and plain data from a "
+                f"{what}") from e
         raise CheckpointError(f"{path} is not a {what} (not a file torch.save wrote)") from e
     except (RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError,
             IndexError, MemoryError) as e:

@@ -117,6 +117,8 @@ def vocab_of(meta: dict, meta_path, vocab_size: int | None = None, ckpt_path=Non
     0..V-1, single distinct characters, ``stoi`` its inverse, ``vocab_size`` its size and the
     checkpoint's."""
     itos = meta.get("itos")
+    if isinstance(itos, (list, tuple)):  # some character datasets keep a list
+        itos = dict(enumerate(itos))
     if not isinstance(itos, dict) or not itos:
         raise CheckpointError(f"{meta_path} is not a nanoGPT meta.pkl: it has no 'itos' table "
                               "(id -> character)")
