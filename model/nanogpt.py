@@ -9,7 +9,7 @@ covers the LayerNorms too), LayerNorm eps 1e-5, and a head without bias tied to 
 
 Files are read as data, never as code: ``ckpt.pt`` with ``torch.load(weights_only=True)`` (nanoGPT's
 checkpoints hold tensors, dicts, lists, tuples, strings and numbers only, so no allow-list is
-needed) and ``meta.pkl`` with an unpickler that names no Python object at all. The vocabulary is
+needed) and ``meta.pkl`` with an unpickler that refuses every class and function a pickle names. The vocabulary is
 found the way nanoGPT's ``sample.py`` finds it: beside the checkpoint, else
 ``data/<dataset>/meta.pkl`` for the dataset its ``config`` records, looked for in the checkpoint's
 folder and every folder above it (nanoGPT's layout: ``out/ckpt.pt`` beside ``data/``).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -287,12 +288,13 @@ def open_nanogpt(ckpt_path, meta_path=None) -> NanoGPTSource:
     return NanoGPTSource(ckpt_path, ckpt, args, dataset, meta, vocab, sha256_file(ckpt_path))
 
 
-def _number(value):
+def _number(value) -> float | None:
+    """A finite float from a number or a one-element tensor, else None."""
     try:
         v = float(value)
     except (TypeError, ValueError, RuntimeError):
         return None
-    return v
+    return v if math.isfinite(v) else None
 
 
 def write_model(src: NanoGPTSource, out_dir, name: str | None = None) -> Path:
@@ -312,8 +314,8 @@ def write_model(src: NanoGPTSource, out_dir, name: str | None = None) -> Path:
     head = ours.pop("head.weight", None)
     if head is not None and "tok_emb.weight" in ours and not torch.equal(head, ours["tok_emb.weight"]):
         raise CheckpointError(f"{ckpt_path}: the head is not tied to the token embedding, as nanoGPT's is")
-    model = GPT(cfg)
-    want = model.state_dict()
+    with torch.device("meta"):  # the shapes model_args make, allocating nothing (they may be absurd)
+        want = GPT(cfg).state_dict()
     said = ", ".join(f"{k}={args[k]}" for k in ARGS) + f", bias={bias}"
     for key, value in ours.items():
         if key in want and want[key].shape != value.shape:
@@ -325,6 +327,7 @@ def write_model(src: NanoGPTSource, out_dir, name: str | None = None) -> Path:
     if missing or unexpected:
         raise CheckpointError(f"{ckpt_path}: its model_args ({said}) do not fit its tensors: "
                               f"missing {_few(missing)}, unexpected {_few(unexpected)}")
+    model = GPT(cfg)
     model.load_state_dict(ours, strict=False)
     best = _number(ckpt.get("best_val_loss"))
     iters = ckpt.get("iter_num")
