@@ -49,8 +49,7 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
     text = None
     if model.startswith("nanogpt:"):
         text = load_corpus(corpus) if corpus is not None else None
-        model_dir = nanogpt_model(settings, model[len("nanogpt:"):],
-                                  None if allow_other_corpus else text)
+        model_dir = nanogpt_model(settings, model[len("nanogpt:"):], text, check=not allow_other_corpus)
     else:
         model_dir = resolve_model_dir(model, homes=(settings.models,))
     net, tok, info = load_model(model_dir, device=device)
@@ -107,12 +106,14 @@ def _nanogpt_corpus(source: dict) -> str | None:
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def nanogpt_model(settings: Settings, spec: str, corpus: Corpus | None = None) -> Path:
+def nanogpt_model(settings: Settings, spec: str, corpus: Corpus | None = None,
+                  check: bool = True) -> Path:
     """The model directory of a nanoGPT checkpoint, ``PATH`` or ``PATH#NAME``: imported into
     $FFNLENS_HOME/models on first use, as NAME or as ``nanogpt-<checkpoint hash>-<vocabulary
     hash>`` (so a changed checkpoint or meta.pkl is imported afresh). Its vocabulary is the meta.pkl
-    beside it, else its dataset's ``data/<dataset>/meta.pkl`` in its folder or any above; with
-    ``corpus``, the vocabulary must be the corpus's characters."""
+    beside it, else its dataset's ``data/<dataset>/meta.pkl`` in its folder or any above. With
+    ``check``, the vocabulary must be the characters of ``corpus`` (or of the input.txt beside
+    meta.pkl), before anything is imported."""
     from model.checkpoint import CONFIG, CheckpointError
     from model.nanogpt import check_text, open_nanogpt, write_model
 
@@ -125,7 +126,9 @@ def nanogpt_model(settings: Settings, spec: str, corpus: Corpus | None = None) -
     src = open_nanogpt(path)
     out = settings.models / (name or src.key)
     try:
-        if corpus is not None:
+        if corpus is None and check and (src.meta.parent / "input.txt").is_file():
+            corpus = load_corpus(str(src.meta.parent / "input.txt"))  # what open_workspace will take
+        if corpus is not None and check:
             check_text(src.vocab, corpus.text, src.meta, corpus.name)
         if (out / CONFIG).exists():
             try:

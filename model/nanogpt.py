@@ -56,9 +56,12 @@ class VocabularyMismatch(CheckpointError):
     """A meta.pkl that does not fit the corpus or the checkpoint's dataset."""
 
 
-def convert_state(state: dict, where: Path | str = "the nanoGPT checkpoint") -> dict:
-    """nanoGPT's state dict -> ours (the ``_orig_mod.`` prefix dropped, causal-mask buffers skipped)."""
+def convert_state(state: dict, where: Path | str = "the nanoGPT checkpoint",
+                  names: dict | None = None) -> dict:
+    """nanoGPT's state dict -> ours (the ``_orig_mod.`` prefix dropped, causal-mask buffers skipped).
+    ``names``, when given, is filled with our name -> nanoGPT's."""
     out = {}
+    names = {} if names is None else names
     for key, value in state.items():
         if not isinstance(key, str) or not torch.is_tensor(value):
             raise CheckpointError(f"{where}: its 'model' entry {key!r} is not a tensor")
@@ -67,11 +70,13 @@ def convert_state(state: dict, where: Path | str = "the nanoGPT checkpoint") -> 
             continue
         if key in RENAMES:
             out[RENAMES[key]] = value
+            names[RENAMES[key]] = key
             continue
         m = BLOCK_KEY.match(key)
         if not m or m.group(2) not in BLOCK_RENAMES:
             raise CheckpointError(f"{where}: unexpected tensor {key!r} for a nanoGPT checkpoint")
-        out[f"blocks.{m.group(1)}.{BLOCK_RENAMES[m.group(2)]}.{m.group(3)}"] = value
+        ours = f"blocks.{m.group(1)}.{BLOCK_RENAMES[m.group(2)]}.{m.group(3)}"
+        out[ours], names[ours] = value, key
     return out
 
 
@@ -305,10 +310,11 @@ def write_model(src: NanoGPTSource, out_dir, name: str | None = None) -> Path:
                     n_layer=args["n_layer"], n_head=args["n_head"], n_embd=args["n_embd"], ffn_mult=4,
                     dropout=args["dropout"], activation="gelu", bias=bias, qkv_bias=bias,
                     head_bias=False, tied_head=True)
-    ours = convert_state(ckpt["model"], ckpt_path)
+    names = {}  # ours -> nanoGPT's, for messages
+    ours = convert_state(ckpt["model"], ckpt_path, names)
     bad = next((k for k, v in ours.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
-        raise CheckpointError(f"{ckpt_path}: tensor {bad!r} (ffnlens's name) holds NaN or infinite "
+        raise CheckpointError(f"{ckpt_path}: tensor {names[bad]!r} holds NaN or infinite "
                               "values (did the training diverge?); ffnlens refuses a model whose "
                               "weights are not all finite")
     head = ours.pop("head.weight", None)
@@ -319,11 +325,11 @@ def write_model(src: NanoGPTSource, out_dir, name: str | None = None) -> Path:
     said = ", ".join(f"{k}={args[k]}" for k in ARGS) + f", bias={bias}"
     for key, value in ours.items():
         if key in want and want[key].shape != value.shape:
-            raise CheckpointError(f"{ckpt_path}: its model_args ({said}) do not fit its tensors: {key} "
-                                  f"(ffnlens's name) is {tuple(value.shape)} where they make "
+            raise CheckpointError(f"{ckpt_path}: its model_args ({said}) do not fit its tensors: "
+                                  f"{names[key]} is {tuple(value.shape)} where they make "
                                   f"{tuple(want[key].shape)}")
-    missing = [k for k in want if k not in ours and k != "head.weight"]
-    unexpected = [k for k in ours if k not in want]
+    missing = [k for k in want if k not in ours and k != "head.weight"]  # ffnlens's names
+    unexpected = [names[k] for k in ours if k not in want]
     if missing or unexpected:
         raise CheckpointError(f"{ckpt_path}: its model_args ({said}) do not fit its tensors: "
                               f"missing {_few(missing)}, unexpected {_few(unexpected)}")

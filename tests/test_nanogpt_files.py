@@ -40,6 +40,18 @@ def nanogpt_layout(root: Path, dataset: str = "shakespeare_char", bias: bool = T
     return ckpt, meta.rename(data / "meta.pkl"), corpus.rename(data / "input.txt"), sd, args
 
 
+def shift(meta: Path) -> tuple[bytes, list[str], list[str]]:
+    """Overwrite ``meta`` with another dataset's of the same size (one character else); returns
+    the good bytes, the good characters and the shifted ones."""
+    good = meta.read_bytes()
+    chars = [c for _, c in sorted(pickle.loads(good)["itos"].items())]
+    shifted = sorted(chars[:-1] + ["~"])
+    with open(meta, "wb") as f:
+        pickle.dump({"vocab_size": len(shifted), "itos": dict(enumerate(shifted)),
+                     "stoi": {c: i for i, c in enumerate(shifted)}}, f)
+    return good, chars, shifted
+
+
 class Ran:
     def __init__(self, returncode, stdout, stderr):
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
@@ -139,6 +151,7 @@ def test_planted_code_in_a_training_state_is_refused_and_never_runs(tmp_path, mi
 def test_a_nanogpt_layout_opens_with_the_checkpoint_alone(tmp_path, monkeypatch):
     from app.settings import Settings
     from app.workspace import open_workspace
+    from model.nanogpt import VocabularyMismatch
 
     root = tmp_path / "nanoGPT"
     root.mkdir()
@@ -160,6 +173,17 @@ def test_a_nanogpt_layout_opens_with_the_checkpoint_alone(tmp_path, monkeypatch)
     ws2 = open_workspace(settings, model="shakespeare-char")
     assert ws2.model_info["dir"] == str(home / "models" / "shakespeare-char")
     assert ws2.corpus.name == str(text)
+    # a shifted meta.pkl is refused against that input.txt before anything is imported
+    imports = sorted((home / "models").iterdir())
+    shift(meta)
+    with pytest.raises(VocabularyMismatch, match="input.txt") as e:
+        open_workspace(settings, model="nanogpt:out/ckpt.pt")
+    one_line_naming(e, meta)
+    assert sorted((home / "models").iterdir()) == imports
+    with pytest.raises(VocabularyMismatch):  # and so is the import made with it
+        r = cli("import-nanogpt", "out/ckpt.pt", "--name", "shifted", cwd=root, home=home)
+        assert r.returncode == 0
+        open_workspace(settings, model="shifted")
 
 
 def test_a_shifted_meta_pkl_is_refused_and_a_fixed_one_imported_afresh(tmp_path):
@@ -170,12 +194,7 @@ def test_a_shifted_meta_pkl_is_refused_and_a_fixed_one_imported_afresh(tmp_path)
 
     ckpt, meta, corpus, _, _ = nanogpt_checkpoint(tmp_path, True, False)
     corpus = corpus.rename(tmp_path / "plays.txt")
-    good = meta.read_bytes()
-    chars = [c for i, c in sorted(pickle.loads(good)["itos"].items())]
-    shifted = sorted(chars[:-1] + ["~"])  # another dataset's: the same size, one character else
-    with open(meta, "wb") as f:
-        pickle.dump({"vocab_size": len(shifted), "itos": dict(enumerate(shifted)),
-                     "stoi": {c: i for i, c in enumerate(shifted)}}, f)
+    good, chars, shifted = shift(meta)  # another dataset's: the same size, one character else
     settings = Settings(home=tmp_path / "home", device="cpu")
     with pytest.raises(VocabularyMismatch) as e:
         open_workspace(settings, model=f"nanogpt:{ckpt}", corpus=str(corpus))
