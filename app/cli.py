@@ -51,13 +51,18 @@ def cmd_train(args, settings: Settings) -> int:
     return 0
 
 def cmd_import_nanogpt(args, settings: Settings) -> int:
-    from model.nanogpt import import_nanogpt
+    from model.nanogpt import open_nanogpt, write_model
 
     name = args.name or Path(args.checkpoint).resolve().parent.name
     out = Path(args.out) if args.out else settings.models / name
-    import_nanogpt(args.checkpoint, args.meta, out, name)
-    print(f"imported {args.checkpoint} as model {name!r} in {out}; explore it with "
-          f"`ffnlens serve --model {out} --corpus THE_TEXT_IT_WAS_TRAINED_ON`")
+    src = open_nanogpt(args.checkpoint, args.meta)
+    write_model(src, out, name)
+    model = name if out.resolve() == (settings.models / name).resolve() else str(out)
+    text = src.meta.parent / "input.txt"
+    how = f"`ffnlens serve --model {model}` (its text: {text})" if text.is_file() else \
+        f"`ffnlens serve --model {model} --corpus THE_TEXT_IT_WAS_TRAINED_ON`"
+    print(f"imported {args.checkpoint} (vocabulary of {len(src.vocab)} characters from {src.meta}) as "
+          f"model {name!r} in {out}; explore it with {how}")
     return 0
 
 
@@ -196,8 +201,10 @@ def cmd_serve(args, settings: Settings) -> int:
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="committed model name, model directory, or "
-                   "nanogpt:PATH/ckpt.pt (meta.pkl beside it) (default: $FFNLENS_MODEL or tiny)")
+    p.add_argument("--model", default=None, help="a committed model's name, a model's name under "
+                   "$FFNLENS_HOME/models, a model directory, or nanogpt:PATH/ckpt.pt[#NAME] (its "
+                   "meta.pkl beside it or nanoGPT's data/<dataset>/meta.pkl; imported on first use, "
+                   "as NAME when given) (default: $FFNLENS_MODEL or tiny)")
     p.add_argument("--corpus", default=None, help="the corpus file (default: the model's own, "
                    "when it is the built-in Shakespeare plays)")
     p.add_argument("--allow-other-corpus", action="store_true",
@@ -273,10 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    g = sub.add_parser("import-nanogpt", help="make a model directory of a nanoGPT checkpoint "
-                       "(ckpt.pt and its dataset's meta.pkl); `--model nanogpt:CKPT` does it on the fly")
+    g = sub.add_parser("import-nanogpt", help="make a model directory of a character-level nanoGPT "
+                       "checkpoint (ckpt.pt and its dataset's meta.pkl, both read as data, never "
+                       "code); `--model nanogpt:CKPT[#NAME]` does it on the fly")
     g.add_argument("checkpoint", help="nanoGPT's ckpt.pt")
-    g.add_argument("--meta", required=True, help="the dataset's meta.pkl (stoi/itos)")
+    g.add_argument("--meta", default=None, help="the dataset's meta.pkl (stoi/itos) (default: "
+                   "beside the checkpoint, else data/<dataset>/meta.pkl for the dataset the "
+                   "checkpoint records, in its folder or any folder above)")
     g.add_argument("--name", default=None, help="model name (default: the checkpoint's folder name)")
     g.add_argument("--out", default=None, help="model directory (default: $FFNLENS_HOME/models/NAME)")
     g.set_defaults(func=cmd_import_nanogpt)

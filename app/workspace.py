@@ -6,6 +6,8 @@ characters fit the model when another corpus is allowed), and finds or builds th
 from __future__ import annotations
 
 import json
+import re
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,26 +47,41 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
                    activation: str = "ffn", context: int = 0) -> Workspace:
     device = resolve_device(device or settings.device)
     model = model or settings.model
-    model_dir = nanogpt_model(settings, model[len("nanogpt:"):]) if model.startswith("nanogpt:") \
-        else resolve_model_dir(model)
+    text = None
+    if model.startswith("nanogpt:"):
+        text = load_corpus(corpus) if corpus is not None else None
+        model_dir = nanogpt_model(settings, model[len("nanogpt:"):], text, check=not allow_other_corpus)
+    else:
+        model_dir = resolve_model_dir(model, homes=(settings.models,))
     net, tok, info = load_model(model_dir, device=device)
     trained_on = info.get("corpus", {})
+    source = info.get("source", {})
+    nanogpt = source.get("format") == "nanogpt" and not trained_on
+    shown = str(model_dir) if nanogpt else model_dir.name  # an import is named by its folder
+    if corpus is None and nanogpt:
+        corpus = _nanogpt_corpus(source)
     if corpus is None:
         if not trained_on:
-            raise CorpusError(f"model {model_dir.name} does not record the text it was trained on "
+            raise CorpusError(f"model {shown} does not record the text it was trained on "
                               "(an imported nanoGPT checkpoint): pass that text with --corpus PATH")
         if trained_on.get("name", DEFAULT_CORPUS) != DEFAULT_CORPUS:
             raise CorpusError(
-                f"model {model_dir.name} was trained on {trained_on.get('name')!r} "
+                f"model {shown} was trained on {trained_on.get('name')!r} "
                 f"(sha256 {trained_on.get('sha256', '?')[:16]}..., {trained_on.get('chars')} "
                 f"characters): pass that file with --corpus PATH")
-    text = load_corpus(corpus)
+    if text is None:
+        text = load_corpus(corpus)
     if trained_on.get("sha256") and text.sha256 != trained_on["sha256"] and not allow_other_corpus:
         raise CorpusError(
             f"the corpus {text.name!r} (sha256 {text.sha256[:16]}..., {len(text.text)} characters) "
-            f"is not the one model {model_dir.name} was trained on ({trained_on.get('name')!r}, "
+            f"is not the one model {shown} was trained on ({trained_on.get('name')!r}, "
             f"sha256 {trained_on['sha256'][:16]}..., {trained_on.get('chars')} characters); pass "
             f"the right file, or --allow-other-corpus to explore this text with this model")
+    if nanogpt and not allow_other_corpus:
+        from model.nanogpt import check_text
+
+        check_text(tok.chars, text.text, source.get("meta") or f"the meta.pkl of {model_dir}",
+                   text.name, model_dir)
     try:
         ids = tok.encode(text.text)
     except UnknownCharacters as e:
@@ -78,24 +95,57 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
     return Workspace(net, tok, info, text, ids, spec, store_dir, device)
 
 
-def nanogpt_model(settings: Settings, ckpt: str) -> Path:
-    """The model directory of a nanoGPT checkpoint (``meta.pkl`` beside it), imported into
-    $FFNLENS_HOME/models on first use (named by the checkpoint's hash, so a changed file is
-    imported again)."""
-    from model.checkpoint import CheckpointError
-    from model.files import sha256_file
-    from model.nanogpt import import_nanogpt
+def _nanogpt_corpus(source: dict) -> str | None:
+    """The text of an imported nanoGPT model when nanoGPT's layout has it: ``input.txt`` beside its
+    meta.pkl (``data/<dataset>/``, where nanoGPT's prepare.py keeps the text it encoded)."""
+    meta = source.get("meta")
+    if meta and (Path(meta).parent / "input.txt").is_file():
+        return str(Path(meta).parent / "input.txt")
+    return None
 
-    path = Path(ckpt)
-    if not path.is_file():
-        raise CheckpointError(f"no nanoGPT checkpoint at {ckpt!r}: give the path of its ckpt.pt")
-    meta = path.with_name("meta.pkl")
-    if not meta.exists():
-        raise CheckpointError(f"no meta.pkl beside {path}: run `ffnlens import-nanogpt {path} --meta "
-                              "PATH/TO/meta.pkl` (nanoGPT writes it under data/<dataset>/)")
-    out = settings.models / f"nanogpt-{sha256_file(path)[:12]}"
-    if not (out / "config.json").exists():
-        import_nanogpt(path, meta, out)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def nanogpt_model(settings: Settings, spec: str, corpus: Corpus | None = None,
+                  check: bool = True) -> Path:
+    """The model directory of a nanoGPT checkpoint, ``PATH`` or ``PATH#NAME``: imported into
+    $FFNLENS_HOME/models on first use, as NAME or as ``nanogpt-<checkpoint hash>-<vocabulary
+    hash>`` (so a changed checkpoint or meta.pkl is imported afresh). Its vocabulary is the meta.pkl
+    beside it, else its dataset's ``data/<dataset>/meta.pkl`` in its folder or any above. With
+    ``check``, the vocabulary must be the characters of ``corpus`` (or of the input.txt beside
+    meta.pkl), before anything is imported."""
+    from model.checkpoint import CONFIG, CheckpointError
+    from model.nanogpt import check_text, open_nanogpt, write_model
+
+    path, name = spec, None
+    if "#" in spec and not Path(spec).is_file():
+        path, _, name = spec.rpartition("#")
+        if not NAME.fullmatch(name):
+            raise CheckpointError(f"nanogpt:{spec}: the model name after '#' must be letters, digits, "
+                                  "'.', '_' or '-' (it becomes a folder under $FFNLENS_HOME/models)")
+    src = open_nanogpt(path)
+    out = settings.models / (name or src.key)
+    try:
+        if corpus is None and check and (src.meta.parent / "input.txt").is_file():
+            corpus = load_corpus(str(src.meta.parent / "input.txt"))  # what open_workspace will take
+        if corpus is not None and check:
+            check_text(src.vocab, corpus.text, src.meta, corpus.name)
+        if (out / CONFIG).exists():
+            try:
+                have = json.loads((out / CONFIG).read_text()).get("source", {})
+            except (OSError, ValueError, AttributeError):
+                have = {"format": "nanogpt"}  # a damaged import: made again
+            if have.get("format") != "nanogpt":
+                raise CheckpointError(f"{out} holds a model that is not a nanoGPT import; give the "
+                                      "import another name (nanogpt:PATH#NAME)")
+            if have.get("checkpoint_sha256") == src.sha256 and have.get("vocab_sha256") == src.vocab_sha256:
+                return out
+            (out / CONFIG).unlink()  # another checkpoint or vocabulary under this name: made again
+        write_model(src, out, out.name)
+    except CheckpointError as e:
+        raise type(e)(f"{e} (on-the-fly import of {src.path} into {out})") from e
+    print(f"ffnlens: imported {src.path} (vocabulary: {src.meta}) into {out}", file=sys.stderr)
     return out
 
 

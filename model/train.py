@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_torch_save, save_model
+from .checkpoint import CheckpointError, atomic_torch_save, load_torch_file, save_model
 from .gpt import GPT, GPTConfig
 from .presets import Preset
 from .tokenizer import CharTokenizer
@@ -111,7 +111,13 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
     state_path = run_dir / STATE
     resumed_from = 0
     if state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        afresh = f"remove {run_dir} or pick another --run-dir to start afresh"
+        try:  # tensors and plain data only: a planted object is refused, never run
+            st = load_torch_file(state_path, "training state")
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; {afresh}") from e
+        if not isinstance(st, dict) or "identity" not in st:
+            raise CheckpointError(f"{state_path} is not an ffnlens training state; {afresh}")
         if st["identity"] == identity:
             model.load_state_dict(st["model"])
             opt_phase = st["opt_phase"]
@@ -124,8 +130,7 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
             commit = st.get("commit", commit)
             resumed_from = step
         else:
-            raise ValueError(f"{state_path} belongs to another preset, recipe or corpus; remove "
-                             f"{run_dir} or pick another --run-dir to start afresh")
+            raise CheckpointError(f"{state_path} belongs to another preset, recipe or corpus; {afresh}")
 
     def save_state():
         atomic_torch_save({"identity": identity, "model": model.state_dict(), "opt": opt.state_dict(),

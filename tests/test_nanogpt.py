@@ -41,13 +41,29 @@ def nanogpt_checkpoint(tmp_path, bias: bool, compiled: bool, seed: int = 0):
         sd = {"_orig_mod." + k: v for k, v in sd.items()}
     args = dict(n_layer=L, n_head=H, n_embd=C, block_size=T, bias=bias, vocab_size=V, dropout=0.0)
     ckpt = tmp_path / "ckpt.pt"
-    torch.save({"model": sd, "model_args": args, "iter_num": 5000, "best_val_loss": torch.tensor(1.47)}, ckpt)
+    torch.save(nanogpt_dict(sd, args), ckpt)
     meta = tmp_path / "meta.pkl"
     with open(meta, "wb") as f:
         pickle.dump({"vocab_size": V, "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}, f)
     corpus = tmp_path / "input.txt"
     corpus.write_text(text)
     return ckpt, meta, corpus, {k.removeprefix("_orig_mod."): v for k, v in sd.items()}, args
+
+
+def nanogpt_dict(sd: dict, args: dict, dataset: str = "shakespeare_char", **extra) -> dict:
+    """What nanoGPT's train.py saves: the state dict, model_args, an AdamW state, the iteration,
+    the best validation loss (a tensor) and its config (plain values, among them the dataset)."""
+    params = [torch.nn.Parameter(v.clone()) for k, v in sd.items() if not k.endswith("attn.bias")]
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    config = {"out_dir": "out-shakespeare-char", "eval_interval": 250, "dataset": dataset,
+              "batch_size": 64, "block_size": args.get("block_size"), "n_layer": args.get("n_layer"),
+              "learning_rate": 1e-3, "bias": args.get("bias"), "compile": True, "dtype": "bfloat16",
+              "init_from": "scratch", "wandb_log": False, "decay_lr": True}
+    return {"model": sd, "optimizer": opt.state_dict(), "model_args": args, "iter_num": 5000,
+            "best_val_loss": torch.tensor(1.47), "config": config, **extra}
 
 
 def reference_forward(sd: dict, args: dict, idx: torch.Tensor):
@@ -108,11 +124,14 @@ def test_a_nanogpt_model_is_explored_with_its_own_corpus(tmp_path):
     from app.corpus import CorpusError
     from app.settings import Settings
     from app.workspace import build_index, open_engine, open_workspace
+    from model.errors import FfnlensError
 
     ckpt, _, corpus, _, _ = nanogpt_checkpoint(tmp_path, True, True)
+    corpus = corpus.rename(tmp_path / "plays.txt")  # no input.txt beside meta.pkl: --corpus needed
     settings = Settings(home=tmp_path / "home", device="cpu")
-    with pytest.raises(CorpusError, match="--corpus"):
+    with pytest.raises(CorpusError, match="--corpus") as e:
         open_workspace(settings, model=f"nanogpt:{ckpt}")
+    assert str(settings.models / "nanogpt-") in str(e.value)  # the import's folder is named
     ws = open_workspace(settings, model=f"nanogpt:{ckpt}", corpus=str(corpus))
     assert ws.store_dir.name.startswith("nanogpt-")
     build_index(ws, progress=False, calibration_prompts=16)
@@ -120,8 +139,9 @@ def test_a_nanogpt_model_is_explored_with_its_own_corpus(tmp_path):
     assert all(b.n == 5 for b in res.blocks) and abs(res.model_probs.sum() - 1) < 1e-9
     other = tmp_path / "other.txt"
     other.write_text("Zebra quiz " * 20)
-    with pytest.raises(CorpusError, match="'Z'"):
+    with pytest.raises(FfnlensError, match="'Z'") as e:
         open_workspace(settings, model=f"nanogpt:{ckpt}", corpus=str(other))
+    assert "meta.pkl" in str(e.value)
 
 
 def test_bad_nanogpt_files_get_clear_errors(tmp_path):
@@ -154,4 +174,4 @@ def test_import_on_the_command_line(tmp_path):
     assert (tmp_path / "home" / "models" / "shakespeare-char" / "config.json").exists()
     r = subprocess.run([sys.executable, "-m", "app.cli", "import-nanogpt", str(tmp_path / "nope.pt"),
                         "--meta", str(meta)], cwd=REPO, env=env, capture_output=True, text=True)
-    assert r.returncode == 2 and "not a nanoGPT checkpoint" in r.stderr
+    assert r.returncode == 2 and "no nanoGPT checkpoint" in r.stderr
