@@ -1,6 +1,7 @@
 """The house's import rules, over every module of app/ and model/: no import cycle (imports inside
 functions included, those under ``if TYPE_CHECKING:`` not), and no module importing another
-module's ``_private`` name (``from x import _name``, or ``x._name`` on an imported module)."""
+module's ``_private`` name (``from x import _name``, or ``x._name`` on an imported module); and
+the sizes: no module over 500 lines, no function over 120 (the training loop excepted)."""
 from __future__ import annotations
 
 import ast
@@ -115,3 +116,23 @@ def test_no_module_imports_another_modules_private_names():
                 if dotted in aliases and aliases[dotted] != m:
                     bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {dotted}.{node.attr}")
     assert not bad, "private names used across modules:\n" + "\n".join(bad)
+
+
+# --- sizes: a module a reader can hold, a function a reader can follow ---------------------------
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 120
+LONG_ALLOWED = {("model.train", "train")}  # the training loop stays one readable function
+
+
+def test_no_module_over_500_lines_and_no_function_over_120():
+    too_long = []
+    for name, path in modules().items():
+        src = path.read_text()
+        if len(src.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(src.splitlines())} lines")
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    (name, node.name) not in LONG_ALLOWED:
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}.{node.name}: {n} lines")
+    assert not too_long, too_long
