@@ -24,7 +24,7 @@ def _die(msg: str) -> None:
 def cmd_train(args, settings: Settings) -> int:
     from model.presets import get_preset
     from model.tokenizer import CharTokenizer
-    from model.train import resolve_device, train
+    from model.train import Speed, resolve_device, train
 
     from .corpus import load_corpus
 
@@ -43,8 +43,9 @@ def cmd_train(args, settings: Settings) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    speed = Speed(tf32=args.precision == "tf32", bf16=args.bf16, compile=args.compile)
     res = train(preset, tok, ids[:n_train], ids[n_train:], corpus.info(), run_dir, out,
-                device=device, steps=args.steps, seed=args.seed, progress=not args.quiet)
+                device=device, steps=args.steps, seed=args.seed, progress=not args.quiet, speed=speed)
     note = f" (resumed at step {res.resumed_from})" if res.resumed_from else ""
     print(f"trained {preset.name} for {res.steps} steps{note} in {res.wall_time_s:.0f} s: "
           f"losses {json.dumps(res.losses)}; model written to {res.out_dir}")
@@ -278,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", default=None, help="recipe overrides, e.g. batch_size=4,eval_iters=2")
     t.add_argument("--threads", type=int, default=None, help="torch threads")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--precision", default="tf32", choices=["tf32", "fp32"],
+                   help="CUDA matrix products: tf32 (allowed, as the committed blog models were "
+                   "trained; the default) or fp32; the CPU always trains in float32")
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("import-nanogpt", help="make a model directory of a character-level nanoGPT "

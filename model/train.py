@@ -10,7 +10,8 @@ import json
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,41 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_torch_save, load_torch_file, save_model
+from .errors import FfnlensError
 from .gpt import GPT, GPTConfig
 from .presets import Preset
 from .tokenizer import CharTokenizer
 
 STATE = "state.pt"
+
+
+@dataclass
+class Speed:
+    """How a CUDA run computes. The default is what the committed ``blog`` models were trained
+    with (TF32 matrix products allowed), so the recipe as run is the recipe as written; bfloat16
+    autocast and torch.compile are opt-in. A CPU run computes in float32 as always: these settings
+    need CUDA."""
+
+    tf32: bool = True  # TF32 matrix products and convolutions (CUDA)
+    bf16: bool = False  # bfloat16 autocast of the training forward pass (CUDA)
+    compile: bool = False  # torch.compile the model for the training steps (CUDA)
+
+    def apply(self, device: str) -> dict:
+        """Set the backends' flags for ``device``; -> what the model's config records."""
+        if not device.startswith("cuda"):
+            if self.bf16 or self.compile:
+                raise FfnlensError("--bf16 and --compile are for CUDA runs; on the CPU ffnlens "
+                                   "trains in float32 (use --device cuda on a GPU machine)")
+            return {}
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        return asdict(self)
+
+    def autocast(self, device: str):
+        """The context the training forward pass runs in."""
+        if device.startswith("cuda") and self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
 
 
 @dataclass
@@ -76,13 +107,14 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        raise FfnlensError("--device cuda asked for, but torch sees no CUDA device")
     return device
 
 
 def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np.ndarray,
           corpus_info: dict, run_dir: Path, out_dir: Path, device: str = "cpu",
-          steps: int | None = None, seed: int | None = None, progress: bool = True) -> TrainResult:
+          steps: int | None = None, seed: int | None = None, progress: bool = True,
+          speed: Speed | None = None) -> TrainResult:
     """Train ``preset`` (resuming from ``run_dir`` when it holds a matching state) and export the
     final weights to ``out_dir``. ``steps`` stops early (the recipe's schedule is unchanged)."""
     recipe = preset.recipe
@@ -102,6 +134,9 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
 
     torch.manual_seed(recipe.seed)
     model = GPT(cfg).to(device)
+    speed = speed or Speed()
+    speed_used = speed.apply(device)
+    step_model = torch.compile(model) if speed.compile else model  # shares model's parameters
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     train_t = torch.from_numpy(train_ids.astype(np.int64))
     val_t = torch.from_numpy(val_ids.astype(np.int64))
@@ -161,7 +196,8 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
             tr, va = evaluate()
             bar.write(f"step {step}: train {tr:.4f}  val {va:.4f}")
         x, y = get_batch(train_t, recipe.batch_size, window, gen)
-        _, loss = model(x.to(device), y.to(device))
+        with speed.autocast(device):
+            _, loss = step_model(x.to(device), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -194,6 +230,7 @@ def train(preset: Preset, tok: CharTokenizer, train_ids: np.ndarray, val_ids: np
         "wall_time_s": round(elapsed, 1),
         "machine": machine(),
         "device": device,
+        **({"cuda": speed_used} if speed_used else {}),
         "code_commit": commit,
         "params": model.num_params(),
     }

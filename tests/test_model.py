@@ -142,3 +142,19 @@ def test_training_resumes_to_the_same_result(tmp_path, micro_preset, micro_corpu
     m2, _, i2 = load_model(tmp_path / "m2")
     assert i1["weights_sha256"] == i2["weights_sha256"]
     assert i1["corpus"]["sha256"] == corpus.sha256 and "val_32" in i1["losses"]
+
+
+def test_cuda_speed_settings_are_refused_on_the_cpu_and_leave_cpu_training_alone(tmp_path):
+    import pytest
+    import torch
+
+    from model.errors import FfnlensError
+    from model.train import Speed
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    assert Speed().apply("cpu") == {}  # nothing recorded, nothing set: the CPU trains in float32
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    for s in (Speed(bf16=True), Speed(compile=True)):
+        with pytest.raises(FfnlensError, match="CUDA"):
+            s.apply("cpu")
+    assert isinstance(Speed(bf16=True).autocast("cpu"), type(Speed().autocast("cpu")))
