@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from model.errors import FfnlensError
-from model.gpt import GPT
+from model.gpt import GPT, Intervention
 from model.tokenizer import CharTokenizer, UnknownCharacters
 
 from .defaults import (REFERENCE_DEPTH, default_weights, fallback_thresholds,
@@ -137,18 +137,28 @@ class Engine:
             raise QueryError(f"the prompt has {e}; the vocabulary is {self.tok.chars!r}") from e
 
     @torch.inference_mode()
-    def forward(self, ids: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    def forward(self, ids: np.ndarray, intervention: Intervention | None = None
+                ) -> tuple[np.ndarray, torch.Tensor]:
         """ids (T,) or (B, T) -> the model's softmax (V,) or (B, V) float64, and every block's FFN
-        output at the last position, (L, C) or (L, B, C)."""
+        output at the last position, (L, C) or (L, B, C); with ``intervention``, those of the model
+        run without the sublayers it names."""
         idx = torch.from_numpy(np.atleast_2d(ids).astype(np.int64)).to(self.device)
-        logits, ffn = self.model.read_last(idx, self.activation)
+        if intervention:
+            intervention.check(self.model.cfg.n_layer)
+        logits, ffn = self.model.read_last(idx, self.activation, intervention=intervention)
         probs = torch.softmax(logits.double(), -1).cpu().numpy()
         return (probs[0], ffn[:, 0]) if ids.ndim == 1 else (probs, ffn)
 
-    def query(self, prompt: str, settings: QuerySettings | None = None) -> QueryResult:
+    def query(self, prompt: str, settings: QuerySettings | None = None,
+              intervention: Intervention | None = None) -> QueryResult:
+        """The approximation for ``prompt``; with ``intervention`` both the model's distribution and
+        the activations searched are those of the intervened model."""
         s = (settings or QuerySettings()).resolved(self.store)
         ids = self.encode(prompt)
-        probs, ffn = self.forward(ids)
+        try:
+            probs, ffn = self.forward(ids, intervention)
+        except ValueError as e:  # an intervention naming blocks the model does not have
+            raise QueryError(str(e)) from e
         q = unit(ffn)
         self_row = self.store.find(ids[-self.store.pool.n :])
         exclude = self_row if s.exclude_self else None

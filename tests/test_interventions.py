@@ -60,3 +60,23 @@ def test_only_ffn_and_checks(engine):
     assert iv.drop_ffn == frozenset(set(range(L)) - {3, 4}) and not iv.drop_attn
     with pytest.raises(ValueError, match="blocks 0-5"):
         Intervention(drop_attn=frozenset({L})).check(L)
+
+
+def test_the_engine_and_the_evaluation_run_with_an_intervention(engine):
+    from app.approx import QueryError
+    from app.metrics import hellinger
+    from app.study.evaluation import evaluate
+
+    iv = Intervention(drop_ffn=frozenset({0}))
+    plain, dropped = engine.query("the king a"), engine.query("the king a", intervention=iv)
+    idx = torch.from_numpy(engine.tok.encode("the king a").astype(np.int64))[None]
+    with torch.no_grad():
+        want = torch.softmax(hand_forward(engine.model, idx, (), (0,))[0, -1].double(), -1).numpy()
+    assert np.allclose(dropped.model_probs, want, atol=1e-6)
+    assert hellinger(plain.model_probs, dropped.model_probs) > 1e-3
+    assert dropped.blocks[0].n == 0  # a zero FFN output has no cosine neighbours
+    rows = np.arange(40)
+    a, b = evaluate(engine, rows, progress=False), evaluate(engine, rows, progress=False, intervention=iv)
+    assert a["hellinger"]["mean"] != b["hellinger"]["mean"]
+    with pytest.raises(QueryError, match="blocks 0-5"):
+        engine.query("the king a", intervention=Intervention(drop_attn=frozenset({9})))

@@ -41,7 +41,7 @@ def block_counts(engine: Engine, block: int, Q: torch.Tensor, s: QuerySettings,
 
 def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = None,
              batch_size: int = 256, progress: bool = True, *, keep: bool = False,
-             keep_counts: bool = False) -> dict:
+             keep_counts: bool = False, intervention=None) -> dict:
     """Approximation against the model on the pool strings ``rows`` run as prompts.
 
     ``rows`` may also be a 2-D (N, T) array of token ids (for example validation strings absent
@@ -54,6 +54,8 @@ def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = 
     ``self_rows`` (N,) (-1: not in the pool), ``fallback`` (N,), ``agree`` ({k: {"order", "set"}}
     of (N,) bools), and with ``keep_counts=True`` also ``counts`` (N, L, V) float64, each block's
     summed follow-on counts. Without ``keep`` the result is as before (arrays are not JSON).
+    ``intervention`` (a :class:`model.gpt.Intervention`): evaluate the model run without the
+    sublayers it names (its distribution and its activations both).
     """
     store = engine.store
     s = (settings or QuerySettings()).resolved(store)
@@ -73,7 +75,7 @@ def evaluate(engine: Engine, rows: np.ndarray, settings: QuerySettings | None = 
     for start in range(0, N, batch_size):
         sr = self_rows[start : start + batch_size]
         B = len(sr)
-        probs, ffn = engine.forward(all_ids[start : start + B])
+        probs, ffn = engine.forward(all_ids[start : start + B], intervention)
         exclude = torch.from_numpy(sr.copy()) if s.exclude_self else None
         counts = np.zeros((B, L, V), dtype=np.float64)
         for b in range(L):
