@@ -6,6 +6,7 @@ with per-block weights, normalises, and measures the distance to the model's sof
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -104,6 +105,7 @@ class QueryResult:
     agreement: dict
     fallback: str | None = None  # set when no block found a neighbour
     meta: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)  # milliseconds spent in forward, search and blend
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -155,11 +157,13 @@ class Engine:
         the activations searched are those of the intervened model."""
         s = (settings or QuerySettings()).resolved(self.store)
         ids = self.encode(prompt)
+        t0 = time.perf_counter()
         try:
             probs, ffn = self.forward(ids, intervention)
         except ValueError as e:  # an intervention naming blocks the model does not have
             raise QueryError(str(e)) from e
         q = unit(ffn)
+        t1 = time.perf_counter()
         self_row = self.store.find(ids[-self.store.pool.n :])
         exclude = self_row if s.exclude_self else None
         blocks = []
@@ -170,15 +174,19 @@ class Engine:
                 nb = self.search.topk(b, q[b], s.k, exclude)
             counts = self.store.counts.sum_rows(nb.members)
             blocks.append(BlockResult(b, nb, counts, s.weights[b], self_row=self_row))
+        t2 = time.perf_counter()
         counts = np.stack([br.counts for br in blocks]).astype(np.float64)
         approx, empty, shares_raw, shares_norm = blend_or_unigram(counts, s.weights, s.blend,
                                                                    self.unigram)
         for br, r, n in zip(blocks, shares_raw, shares_norm):
             br.share_raw, br.share_norm = float(r), float(n)
         fallback = "unigram" if empty else None
-        return QueryResult(prompt=prompt, settings=s, backend=self.search.name, model_probs=probs,
-                           approx=approx, blocks=blocks, hellinger=float(hellinger(probs, approx)),
-                           agreement=topk_agreement(probs, approx), fallback=fallback)
+        res = QueryResult(prompt=prompt, settings=s, backend=self.search.name, model_probs=probs,
+                          approx=approx, blocks=blocks, hellinger=float(hellinger(probs, approx)),
+                          agreement=topk_agreement(probs, approx), fallback=fallback)
+        t3 = time.perf_counter()
+        res.timing = {"forward": 1e3 * (t1 - t0), "search": 1e3 * (t2 - t1), "blend": 1e3 * (t3 - t2)}
+        return res
 
 
 def blend(counts: np.ndarray, weights: np.ndarray, mode: str = "raw"):

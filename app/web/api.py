@@ -2,13 +2,14 @@
 presenting function's dict, sent as it is; its model (app/web/schemas.py) documents it."""
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from .errors import with_retry_after
+from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams
 from .schemas import BlockPage, Detail, CorpusStretch, Info, QueryAnswer, Report
@@ -39,7 +40,9 @@ def api_query(q: Annotated[QueryParams, Query()], ex: Ex):
     ctx, status = query_context(ex, q, need_prompt=True)
     if status != 200:
         return _refusal(ctx, status)
-    return JSONResponse({**ctx["data"], "permalink": ctx["permalink"]})  # plain data: no re-encoding
+    t0 = time.perf_counter()
+    r = JSONResponse({**ctx["data"], "permalink": ctx["permalink"]})  # plain data: no re-encoding
+    return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
 
 
 @router.get("/blocks/{block}", summary="One block's neighbours, paged, with corpus contexts",
@@ -49,7 +52,9 @@ def api_block(block: Annotated[int, Path(description="the block, from 0")],
     ctx, status = block_context(ex, block, q)
     if status != 200:
         return _refusal(ctx, status)
-    return JSONResponse(ctx["block"])
+    t0 = time.perf_counter()
+    r = JSONResponse(ctx["block"])
+    return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
 
 
 @router.get("/corpus", summary="A stretch of the corpus around a position", response_model=CorpusStretch,

@@ -91,6 +91,17 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Busy, busy)
 
 
+def server_timing(response, ctx: dict, **more: float):
+    """``response`` with a Server-Timing header naming where the request's time went (forward,
+    search, blend, present, and what the route adds, e.g. render), in milliseconds."""
+    parts = {**ctx.get("timing", {}), **more}
+    if parts:
+        response.headers["Server-Timing"] = ", ".join(
+            f"{name};dur={ms:.2f}" + (';desc="answer cached"' if name == "cache" else "")
+            for name, ms in parts.items())
+    return response
+
+
 def with_retry_after(response, ctx: dict, status: int):
     """``response``, told when to come back if ``status`` is 503 (a full gate)."""
     if status == 503:

@@ -4,6 +4,7 @@ defaults as the form shows them."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 
@@ -91,9 +92,15 @@ class Explorer:
         """``present(result, engine)`` for the answer to ``vp``: the engine's (or the cache's),
         inside the gate (raises :class:`Busy` when it is full), under the answer's lock."""
         with self.gate:
+            t0 = time.perf_counter()
             res, engine, lock = self._answer(vp)
+            hit = time.perf_counter() - t0 < 1e-3 * sum(res.timing.values())  # served from the cache
             with lock:
-                return present(res, engine)
+                t1 = time.perf_counter()
+                out = present(res, engine)
+                out["timing"] = {**({"cache": 0.0} if hit else res.timing),
+                                 "present": 1e3 * (time.perf_counter() - t1)}
+                return out
 
     def defaults(self, store: str | None = None) -> dict:
         """The store's default thresholds and weights as the form shows them, and their rule."""

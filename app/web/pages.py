@@ -2,13 +2,14 @@
 A refusal is the page itself with its message inline, and the form keeps what was typed."""
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
-from .errors import with_retry_after
+from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams
 from .safety import csp_for_docs, csp_with_inline_styles
@@ -20,8 +21,10 @@ BAD = {400: {"description": "a parameter to fix: the page shows what to fix"}}
 
 
 def _page(request: Request, template: str, ctx: dict, status: int = 200):
-    return with_retry_after(request.app.state.templates.TemplateResponse(
-        request, template, ctx, status_code=status), ctx, status)
+    t0 = time.perf_counter()
+    r = request.app.state.templates.TemplateResponse(request, template, ctx, status_code=status)
+    server_timing(r, ctx, render=1e3 * (time.perf_counter() - t0))
+    return with_retry_after(r, ctx, status)
 
 
 @router.get("/", response_class=HTMLResponse, summary="Main page (JSON twin: /api/query)",

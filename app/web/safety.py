@@ -113,7 +113,9 @@ class Guard:
                 started = True
                 h = MutableHeaders(scope=message)
                 h["X-Request-ID"] = rid
-                h["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - t0):.1f}"
+                total = f"app;dur={1000 * (time.perf_counter() - t0):.1f}"  # the whole request
+                parts = h.get("Server-Timing")  # the route's own parts (forward, search, ...)
+                h["Server-Timing"] = f"{parts}, {total}" if parts else total
                 if "content-security-policy" not in h:
                     h["Content-Security-Policy"] = CSP
                 for k, v in HEADERS.items():

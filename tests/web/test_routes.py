@@ -142,3 +142,17 @@ def test_parameters_of_the_wrong_type_get_a_readable_400(client):
     r = client.get("/api/blocks/1", params={"prompt": "the king ", "per_page": "x"})
     assert r.status_code == 400 and "per_page" in r.json()["detail"]
     assert client.get("/corpus").status_code == 400
+
+
+def test_server_timing_names_the_parts(client):
+    import re
+
+    prompt = "shall go t"
+    first = client.get("/results", params={"prompt": prompt})
+    parts = dict(re.findall(r"(\w+);dur=([0-9.]+)", first.headers["server-timing"]))
+    assert {"forward", "search", "blend", "present", "render"} <= set(parts)
+    assert all(float(v) >= 0 for v in parts.values())
+    again = client.get("/api/query", params={"prompt": prompt})  # the same answer, from the cache
+    parts = dict(re.findall(r"(\w+);dur=([0-9.]+)", again.headers["server-timing"]))
+    assert {"cache", "present", "json"} <= set(parts) and "search" not in parts
+    assert "server-timing" in client.get("/api/blocks/2", params={"prompt": prompt}).headers
