@@ -48,7 +48,9 @@ GAP_TARGET = 300
 # Lines typed when the corpus is the default one (Shakespeare); with --corpus, lines of that text.
 PROMPTS = ["To be, or not to be, that is", "Now is the winter of our discontent",
            "What light through yonder window breaks", "Friends, Romans, countrymen, lend me",
-           "All the world's a stage, and all the men"]
+           "All the world's a stage, and all the men", "If music be the food of love, play on",
+           "Once more unto the breach, dear friends", "The quality of mercy is not strained",
+           "But soft, what light is this that breaks", "Is this a dagger which I see before me"]
 
 # Runs in the page before its own scripts (a CDP init script: the page's CSP does not apply to it).
 PROBE = r"""
@@ -137,7 +139,7 @@ def prompts_for(args, base: str, limit: int) -> list[str]:
     lines = PROMPTS
     if args.corpus:
         text = Path(args.corpus).read_text(encoding="utf-8", errors="replace")
-        lines = [ln.strip() for ln in text.splitlines() if 18 <= len(ln.strip()) <= 40][:: 7][:40]
+        lines = [ln.strip() for ln in text.splitlines() if 18 <= len(ln.strip()) <= 40][:: 7][:60]
     out, n = [], 0
     for ln in lines:
         ln = "".join(c for c in ln if c in vocab)[: args.max_prompt]
@@ -232,15 +234,17 @@ def main() -> int:
     targets = TARGETS.get(name, DEFAULT_TARGETS)
     results = {}
     try:
-        prompts = prompts_for(args, base, args.keys)
+        lines = prompts_for(args, base, 2 * args.keys)
+        prompts = (lines[0::2], lines[1::2])
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.add_init_script(PROBE)
             # Warm the server's and the browser's caches off the clock (a different first letter).
             type_prompt(page, base, "wa", 100)
-            for label, ms in (("slow", args.slow_ms), ("fast", args.fast_ms)):
-                runs = [type_prompt(page, base, p, ms) for p in prompts]
+            # Each speed types its own lines: the server's answer cache must not flatter the second.
+            for n, (label, ms) in enumerate((("slow", args.slow_ms), ("fast", args.fast_ms))):
+                runs = [type_prompt(page, base, p, ms) for p in prompts[n]]
                 results[label] = measure(runs)
                 results[label]["every_ms"] = ms
             browser.close()
@@ -250,8 +254,8 @@ def main() -> int:
             proc.wait(timeout=20)
 
     ok = True
-    print(f"\nbrowser benchmark: model {name}, {base}, {len(prompts)} prompts, "
-          f"{results['slow']['keys']} keys at each speed")
+    print(f"\nbrowser benchmark: model {name}, {base}, {len(prompts[0])} + {len(prompts[1])} prompts, "
+          f"{results['slow']['keys']} + {results['fast']['keys']} keys")
     print(f"{'what':<44} {'measured':<38} {'target':<22} verdict")
 
     def row(what, measured, target, passed):

@@ -1,10 +1,12 @@
 // ffnlens, the main page while you type (no inline script: the page's CSP allows our files only).
 //
 // - Requests: a throttle with a trailing call, at most one request per THROTTLE_MS while typing
-//   (not a debounce: answers keep coming while the keys do). At most MAX_INFLIGHT requests at once
-//   (a new one aborts the oldest); an answer aborts every older request still out, and an answer
-//   older than the one on screen is dropped (requests carry a sequence number). Enter (or the Show
-//   button, or a settings change) sends at once.
+//   (not a debounce: answers keep coming while the keys do), and one request out at a time (a
+//   second only when the first has been out STALL_MS; never more than MAX_INFLIGHT, a new one
+//   aborting the oldest): the answer landing sends the newest prompt at once. An answer aborts
+//   every older request still out, and an answer older than the one on screen is dropped
+//   (requests carry a sequence number). Enter (or the Show button, or a settings change) sends at
+//   once, aborting the older requests.
 // - Answers are morphed into #results (idiomorph, from npm, in static/vendor), so focus, scroll and
 //   open panels survive; #results carries data-prompt, the prompt its answer is for, and is
 //   dimmed (.stale) while the box holds a newer prompt than that.
@@ -30,7 +32,7 @@
   var announce = document.getElementById("announce");
   var endpoint = form.dataset.results || "results";
 
-  var THROTTLE_MS = 100, PAUSE_MS = 1000, MAX_INFLIGHT = 2, CACHE_SIZE = 40, ANNOUNCE_MS = 700;
+  var THROTTLE_MS = 100, PAUSE_MS = 1000, MAX_INFLIGHT = 2, STALL_MS = 1000, CACHE_SIZE = 40, ANNOUNCE_MS = 700;
   var DEFAULTS = {mode: "threshold", blend: "raw", store: "pool", k: "200", show: "10"};
 
   var seq = 0;                 // the newest request's number
@@ -185,6 +187,13 @@
     box.setAttribute("aria-invalid", bad && bad.length ? "true" : "false");
   }
 
+  // The box grows with its text (up to about ten lines), so that nothing typed or marked is hidden.
+  function grow() {
+    box.style.height = "auto";
+    var max = parseFloat(getComputedStyle(box).lineHeight) * 10 || 400;
+    box.style.height = Math.min(box.scrollHeight + 4, max) + "px";
+  }
+
   function say(text) {
     if (!announce) return;
     clearTimeout(announceTimer);
@@ -251,13 +260,29 @@
       want = null;
       return;
     }
-    var wait = now ? 0 : lastSent + THROTTLE_MS - performance.now();
-    if (wait <= 0) {
+    if (now) {
       clearTimeout(trailing); trailing = null;
-      send(now);
-    } else if (!trailing) {
-      trailing = setTimeout(function () { trailing = null; if (want) send(false); }, wait);
+      send(true);
+    } else {
+      pump();
     }
+  }
+
+  // Send what is wanted when the throttle allows and no request is out (or the one out is stalled):
+  // the server computes a request even when the page aborts it, so piling requests up only queues
+  // them behind each other. An answer landing sends the newest prompt at once.
+  function pump() {
+    if (!want) return;
+    var now = performance.now();
+    var busy = inflight.filter(function (r) { return now - r.started < STALL_MS; });
+    var wait = busy.length ? busy[0].started + STALL_MS - now : lastSent + THROTTLE_MS - now;
+    clearTimeout(trailing);
+    trailing = null;
+    if (wait > 0) {
+      trailing = setTimeout(function () { trailing = null; pump(); }, wait);
+      return;
+    }
+    send(false);
   }
 
   function send(urgent) {
@@ -268,7 +293,7 @@
     if (urgent) abortOlder(s);
     while (inflight.length >= MAX_INFLIGHT) inflight.shift().ctl.abort();
     var ctl = new AbortController();
-    inflight.push({seq: s, ctl: ctl});
+    inflight.push({seq: s, ctl: ctl, started: lastSent});
     results.setAttribute("aria-busy", "true");
     var status = 0, headers = null;
     fetch(endpoint + "?" + w.qs, {signal: ctl.signal, credentials: "same-origin",
@@ -282,6 +307,7 @@
       .then(function () {
         inflight = inflight.filter(function (r) { return r.seq !== s; });
         if (!inflight.length) results.setAttribute("aria-busy", "false");
+        pump();
       });
   }
 
@@ -394,6 +420,7 @@
   }
 
   box.addEventListener("input", function () {
+    grow();
     pauseDue = false;
     clearTimeout(pauseTimer);
     pauseTimer = setTimeout(function () {
@@ -429,6 +456,7 @@
     pauseDue = false;
     var usp = new URLSearchParams(location.search);
     restoreForm(usp);
+    grow();
     clearProblem();
     checkSettings();
     var c = checkPrompt(box.value);
@@ -467,6 +495,7 @@
     if (e0) learnFrom(e0.textContent.trim());
   }
   history.replaceState({ffnlens: 1, qs: initialQs}, "", location.href);
+  if (box.value) grow();
   var c0 = box.value ? checkPrompt(box.value) : null;
   drawBox(c0 && c0.bad);
   checkSettings();
