@@ -293,13 +293,14 @@
     if (urgent) abortOlder(s);
     while (inflight.length >= MAX_INFLIGHT) inflight.shift().ctl.abort();
     var ctl = new AbortController();
-    inflight.push({seq: s, ctl: ctl, started: lastSent});
+    var entry = {seq: s, ctl: ctl, started: lastSent, qs: w.qs, commit: w.commit};
+    inflight.push(entry);
     results.setAttribute("aria-busy", "true");
     var status = 0, headers = null;
     fetch(endpoint + "?" + w.qs, {signal: ctl.signal, credentials: "same-origin",
                                   headers: {"Accept": "text/html"}})
       .then(function (resp) { status = resp.status; headers = resp.headers; return resp.text(); })
-      .then(function (text) { land(s, w.qs, w.commit, status, text, headers); },
+      .then(function (text) { land(s, w.qs, entry.commit, status, text, headers); },
             function (err) {
               if (err && err.name === "AbortError") return;
               if (s === seq) showProblem("the server did not answer (" + (err && err.message || err) + "); try again");
@@ -363,7 +364,7 @@
       dim();
       return;
     }
-    if (s !== seq) return;  // a newer request will decide what the screen says
+    if (s !== seq || qs !== query().toString()) return;  // a newer request will decide
     var msg;
     if (status === 503) {
       var after = parseFloat(headers && headers.get("Retry-After")) || 1;
@@ -416,6 +417,13 @@
       return;
     }
     dim();
+    var out = inflight[inflight.length - 1];
+    if (out && out.qs === qs && out.seq === seq) {  // already asked (a change, then a submit)
+      out.commit = out.commit || !!now;
+      want = null;
+      clearTimeout(trailing); trailing = null;
+      return;
+    }
     schedule(qs, now);
   }
 
