@@ -21,8 +21,9 @@ Measured in the page's own clock (performance.now()):
   after the last key, the time until the final prompt is painted;
 - the Server-Timing parts of every /results response (resource timing entries), p50/p95 each.
 
-Targets (issue 17): p95 keydown -> painted <= 150 ms (`tiny`; 200 ms for `blog-cpu`); a fresh paint at
-least every 300 ms while typing fast; /results server time p95 <= 40 ms (`tiny`; 60 ms `blog-cpu`).
+Targets (issue 17): at human speed, p95 keydown -> painted <= 150 ms (`tiny`; 200 ms for `blog-cpu`);
+typing fast, a fresh paint at least every 300 ms; /results server time (Server-Timing "app" or
+"total") p95 <= 40 ms (`tiny`; 60 ms `blog-cpu`). The other figures are printed for information.
 Anything else (a micro model from a test) is held to `tiny`'s targets.
 """
 from __future__ import annotations
@@ -263,16 +264,20 @@ def main() -> int:
         ok &= passed
         print(f"{what:<44} {measured:<38} {target:<22} {'PASS' if passed else 'FAIL'}")
 
+    # The issue's rows: at human speed the latency is judged, typing fast the gaps between paints.
     for label in ("slow", "fast"):
         r = results[label]
+        judged = label == "slow"
         row(f"keydown -> painted, ~{r['every_ms']:.0f} ms a key",
             f"p50 {r['p50']:.0f} ms, p95 {r['p95']:.0f} ms, max {r['max']:.0f} ms",
-            f"p95 <= {targets['latency']} ms", r["p95"] <= targets["latency"])
+            f"p95 <= {targets['latency']} ms" if judged else "(information)",
+            r["p95"] <= targets["latency"] if judged else True)
         row(f"  own prompt painted, ~{r['every_ms']:.0f} ms a key", f"{r['exact']} of {r['keys']} keys",
             "(information)", True)
         row(f"longest gap between paints, ~{r['every_ms']:.0f} ms a key",
-            f"{r['gap']:.0f} ms (after the last key {r['tail']:.0f} ms)", f"<= {GAP_TARGET} ms",
-            r["gap"] <= GAP_TARGET)
+            f"{r['gap']:.0f} ms (after the last key {r['tail']:.0f} ms)",
+            f"<= {GAP_TARGET} ms" if not judged else "(information)",
+            r["gap"] <= GAP_TARGET if not judged else True)
     parts = {}
     for label in ("slow", "fast"):
         for k, v in results[label]["server"].items():
