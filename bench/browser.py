@@ -19,7 +19,8 @@ Measured in the page's own clock (performance.now()):
   caught up with it). "exact" counts the keystrokes whose own prompt was painted;
 - the longest gap between paints while typing (from the first keydown to the last one), and
   after the last key, the time until the final prompt is painted;
-- the Server-Timing parts of every /results response (resource timing entries), p50/p95 each.
+- the Server-Timing parts of every /results response (resource timing entries), p50/p95 each, and
+  the page's own part: a response's end -> its prompt painted (parsing, swapping, layout, a frame).
 
 Targets (issue 17): at human speed, p95 keydown -> painted <= 150 ms (`tiny`; 200 ms for `blog-cpu`);
 typing fast, a fresh paint at least every 300 ms; /results server time (Server-Timing "app" or
@@ -175,12 +176,13 @@ def type_prompt(page, base: str, text: str, every_ms: float) -> dict:
     return page.evaluate("""() => ({keys: window.__bench.keys, paints: window.__bench.paints,
         timing: performance.getEntriesByType("resource")
           .filter(e => new URL(e.name).pathname.endsWith("/results"))
-          .map(e => ({total: e.responseStart - e.requestStart,
+          .map(e => ({total: e.responseStart - e.requestStart, end: e.responseEnd,
+                      prompt: new URL(e.name).searchParams.get("prompt"),
                       parts: (e.serverTiming || []).map(s => [s.name, s.duration])}))})""")
 
 
 def measure(runs: list[dict]) -> dict:
-    lat, exact, gaps, tails, server = [], 0, [], [], {}
+    lat, exact, gaps, tails, server, client = [], 0, [], [], {}, []
     for r in runs:
         keys, paints = r["keys"], sorted(r["paints"], key=lambda p: p["t"])
         order = {k["prompt"]: i for i, k in enumerate(keys)}
@@ -205,10 +207,12 @@ def measure(runs: list[dict]) -> dict:
         for t in r["timing"]:
             for name, dur in t["parts"]:
                 server.setdefault(name, []).append(dur)
+            if t["prompt"] in first and first[t["prompt"]] >= t["end"]:  # the page's own share
+                client.append(first[t["prompt"]] - t["end"])
     return {"keys": len(lat), "exact": exact, "p50": pct(lat, 50), "p95": pct(lat, 95),
             "max": max(lat) if lat else float("nan"), "gap": max(gaps) if gaps else float("nan"),
             "tail": max(tails) if tails else float("nan"),
-            "server": server}
+            "server": server, "client": (pct(client, 50), pct(client, 95))}
 
 
 def main() -> int:
@@ -274,6 +278,8 @@ def main() -> int:
             r["p95"] <= targets["latency"] if judged else True)
         row(f"  own prompt painted, ~{r['every_ms']:.0f} ms a key", f"{r['exact']} of {r['keys']} keys",
             "(information)", True)
+        row("  response received -> painted (the page's part)",
+            f"p50 {r['client'][0]:.0f} ms, p95 {r['client'][1]:.0f} ms", "(information)", True)
         row(f"longest gap between paints, ~{r['every_ms']:.0f} ms a key",
             f"{r['gap']:.0f} ms (after the last key {r['tail']:.0f} ms)",
             f"<= {GAP_TARGET} ms" if not judged else "(information)",
