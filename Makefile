@@ -14,14 +14,19 @@ CORPUS_ARG := $(if $(CORPUS),--corpus $(CORPUS),)
 
 .PHONY: setup browser start test clean-store
 
-setup: $(VENV)/.ffnlens-setup static/vendor/htmx.min.js
+setup: $(VENV)/.ffnlens-setup static/vendor/htmx.min.js static/vendor/idiomorph.min.js
 
 # Front-end packages come from the npm registry, pinned by package-lock.json, served from our own
-# static files (never committed, never from a CDN).
+# static files (never committed, never from a CDN): htmx, and idiomorph (the main page's morphing
+# swaps; without it static/js/live.js replaces the results wholesale).
 static/vendor/htmx.min.js: package.json package-lock.json
-	@echo "setup: installing htmx from the npm registry"
+	@echo "setup: installing htmx and idiomorph from the npm registry"
 	@npm ci --no-audit --no-fund --silent
 	@mkdir -p static/vendor && cp node_modules/htmx.org/dist/htmx.min.js $@
+
+static/vendor/idiomorph.min.js: static/vendor/htmx.min.js
+	@test -f node_modules/idiomorph/dist/idiomorph.min.js || npm ci --no-audit --no-fund --silent
+	@mkdir -p static/vendor && cp node_modules/idiomorph/dist/idiomorph.min.js $@
 
 # One stamp per successful setup; it is redone when pyproject.toml changes.
 $(VENV)/.ffnlens-setup: pyproject.toml

@@ -23,15 +23,32 @@ if not CHROMIUM:
 
 
 @pytest.fixture(scope="module")
-def server(workspace, engine):
+def reports(engine, tmp_path_factory):
+    """A small real report (16 prompts), as `ffnlens eval --report` writes it (for /report)."""
+    from app.approx import QuerySettings
+    from app.baselines import Unigram
+    from app.evaluate import reference_prompts
+    from app.report import build_report, write_report
+
+    out = tmp_path_factory.mktemp("reports")
+    rows = reference_prompts(engine.store, 16, seed=3)
+    report, figs = build_report(engine, rows, QuerySettings(),
+                                {"unigram": Unigram(engine.store.corpus_ids, engine.store.counts.vocab_size)},
+                                "reference", sweep_prompts=8, fit_steps=10, single_blocks=False)
+    write_report(out / "reference", report, figs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(workspace, engine, reports):
     import uvicorn
 
     from app.web import create_app
     from app.workspace import about
 
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, about(workspace, engine)), host="127.0.0.1",
-                                        port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, about(workspace, engine), reports=reports),
+                                        host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     deadline = time.time() + 30
@@ -98,3 +115,196 @@ def test_type_see_click_share(server, browser):
     assert fresh.locator(".summary .big").inner_text() == h2
     assert fresh.locator("#prompt").input_value() == "the king a"
     assert not errors, errors
+
+
+# --- the main page while typing (static/js/live.js) ---------------------------------------------------
+def shown(page) -> str:
+    """The prompt whose answer the results region shows."""
+    return page.locator("#results").get_attribute("data-prompt")
+
+
+def wait_shown(page, prompt: str, timeout: float = 15000):
+    page.wait_for_function("(p) => document.getElementById('results').dataset.prompt === p", arg=prompt,
+                           timeout=timeout)
+
+
+@pytest.fixture
+def page(browser):
+    p = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    yield p
+    p.close()
+    assert not errors, errors
+
+
+def test_a_newer_prompt_wins_over_a_slow_older_one(server, page):
+    held, seen = [], []
+
+    def hold_first(route):
+        seen.append(route.request.url)
+        if not held:
+            held.append(route)  # answered later, by hand
+        else:
+            route.continue_()
+
+    page.route("**/results?*", hold_first)
+    page.goto(server + "/")
+    page.locator("#prompt").fill("the k")  # one input event: one request, held
+    deadline = time.time() + 10
+    while not held and time.time() < deadline:
+        page.wait_for_timeout(20)
+    assert held and "prompt=the+k" in held[0].request.url
+    page.locator("#prompt").type("ing", delay=20)
+    page.locator("#prompt").press("Enter")  # at once, whatever is still out
+    wait_shown(page, "the king")
+    assert page.locator("#results").get_attribute("class") in (None, "")  # not dimmed
+    h = page.locator(".summary .big").inner_text()
+    # The old request's answer comes in late: it must not replace the newer one.
+    try:
+        held[0].continue_()
+    except Exception:
+        pass  # the page had already aborted it
+    page.wait_for_timeout(1500)
+    assert shown(page) == "the king" and page.locator(".summary .big").inner_text() == h
+    assert page.locator("#prompt").input_value() == "the king"
+    assert "prompt=the+king" in page.url
+
+
+def test_typing_fast_sends_while_typing_not_after(server, page):
+    """A throttle, not a debounce: answers arrive while the keys keep coming."""
+    page.goto(server + "/")
+    page.evaluate("""() => { window.__shown = []; new MutationObserver(() =>
+        window.__shown.push(document.getElementById('results').dataset.prompt)).observe(
+        document.getElementById('results'), {attributes: true, attributeFilter: ['data-prompt']}); }""")
+    text = "the king and the queen and the"
+    page.locator("#prompt").type(text, delay=90)
+    painted_while_typing = [p for p in page.evaluate("() => window.__shown") if p != text]
+    wait_shown(page, text)
+    assert painted_while_typing, "nothing was painted until typing stopped"
+
+
+def test_history_one_entry_per_pause_back_and_forward(server, page):
+    page.goto(server + "/")
+    h0 = page.evaluate("() => history.length")
+    page.locator("#prompt").type("the king", delay=30)
+    wait_shown(page, "the king")
+    page.wait_for_timeout(1300)  # a pause
+    page.locator("#prompt").type(" and", delay=30)
+    wait_shown(page, "the king and")
+    page.locator("#prompt").press("Enter")  # Enter on what is shown: no duplicate entry
+    page.wait_for_timeout(300)
+    page.locator("#prompt").press("Enter")
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => history.length") == h0 + 2
+    assert page.url.endswith("/?prompt=the+king+and")
+    page.locator("#prompt").blur()  # leaving the box sends nothing and pushes nothing
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => history.length") == h0 + 2
+
+    page.go_back()
+    wait_shown(page, "the king")
+    assert page.locator("#prompt").input_value() == "the king" and page.url.endswith("/?prompt=the+king")
+    page.go_back()
+    page.wait_for_function("() => document.getElementById('prompt').value === ''")
+    page.go_forward()
+    wait_shown(page, "the king")
+    page.go_forward()
+    wait_shown(page, "the king and")
+
+    # A settings change is an entry of its own; back restores the settings too.
+    page.locator(".settings summary").click()
+    page.locator('input[name="mode"][value="topk"]').check()
+    page.wait_for_function("() => location.search.includes('mode=topk')")
+    assert page.evaluate("() => history.length") == h0 + 3
+    assert page.locator('input[name="thresholds"]').is_disabled()
+    page.go_back()
+    page.wait_for_function("() => !location.search.includes('mode=topk')")
+    assert page.locator('input[name="mode"][value="threshold"]').is_checked()
+    assert not page.locator('input[name="thresholds"]').is_disabled()
+
+
+def test_an_invalid_character_keeps_the_results_and_is_marked(server, page):
+    page.goto(server + "/")
+    page.locator("#prompt").type("the king ", delay=30)
+    wait_shown(page, "the king ")
+    page.wait_for_timeout(1200)
+    url, n, h = page.url, page.evaluate("() => history.length"), page.locator(".summary .big").inner_text()
+    page.locator("#prompt").type("Zo", delay=30)
+    page.wait_for_timeout(1500)
+    assert shown(page) == "the king " and page.locator(".summary .big").inner_text() == h  # kept
+    assert "stale" in page.locator("#results").get_attribute("class")  # dimmed
+    assert "not in the model's vocabulary" in page.locator("#problem").inner_text()
+    assert page.locator(".promptbox .backdrop mark").all_inner_texts() == ["Z"]
+    assert page.locator("#prompt").get_attribute("aria-invalid") == "true"
+    assert page.url == url and page.evaluate("() => history.length") == n  # an error pushes nothing
+    # Mended: the fresh answer lands, the mark and the message go.
+    page.locator("#prompt").press("Backspace")
+    page.locator("#prompt").press("Backspace")
+    page.locator("#prompt").type("o", delay=30)
+    wait_shown(page, "the king o")
+    assert not page.locator("#problem").is_visible() and page.locator(".promptbox .backdrop mark").count() == 0
+    assert "stale" not in (page.locator("#results").get_attribute("class") or "")
+
+
+def test_invalid_settings_say_why(server, page):
+    page.goto(server + "/?prompt=the+king")
+    page.locator(".settings summary").click()
+    page.locator('input[name="mode"][value="topk"]').check()
+    page.wait_for_function("() => location.search.includes('mode=topk')")
+    assert "thresholds" not in page.url  # disabled in top-k mode: left out of the permalink
+    n = page.evaluate("() => history.length")
+    page.locator('input[name="k"]').fill("-1")
+    page.locator('input[name="k"]').press("Enter")
+    page.wait_for_timeout(300)
+    assert "k must be between 1" in page.locator("#k-msg").inner_text()
+    assert "k must be between 1" in page.locator("#problem").inner_text()
+    assert page.evaluate("() => history.length") == n and "k=-1" not in page.url
+    page.locator('input[name="k"]').fill("20")
+    page.locator('input[name="k"]').press("Enter")
+    page.wait_for_function("() => location.search.includes('k=20')")
+    assert not page.locator("#k-msg").is_visible()
+    page.locator('input[name="mode"][value="threshold"]').check()
+    page.wait_for_function("() => !location.search.includes('mode=topk')")
+    page.locator('input[name="thresholds"]').fill("2,2,2,2,2,2")
+    page.locator('input[name="thresholds"]').press("Enter")
+    assert "[-1, 1]" in page.locator("#thresholds-msg").inner_text()
+    page.locator('input[name="thresholds"]').fill("0.9,0.9")
+    assert "one value per block" in page.locator("#thresholds-msg").inner_text()
+    page.locator('input[name="thresholds"]').fill("")
+    page.locator('input[name="weights"]').fill("1,1,1,-1,1,1")
+    assert "zero or positive" in page.locator("#weights-msg").inner_text()
+
+
+def test_enter_runs_at_once_and_the_live_region_is_short(server, page):
+    page.goto(server + "/")
+    page.locator("#prompt").type("the", delay=10)
+    page.locator("#prompt").press("Enter")
+    wait_shown(page, "the")
+    page.wait_for_function("() => document.getElementById('announce').textContent.startsWith('H ')")
+    said = page.locator("#announce").inner_text()
+    assert len(said) < 120 and "first choice" in said
+    assert page.locator("#results").get_attribute("aria-live") is None  # not the whole page
+    # Keyboard: the whole-vocabulary chart reads out one character per arrow key.
+    page.locator("svg.vocab").focus()
+    page.keyboard.press("Home")
+    assert "model" in page.locator(".readout").inner_text()
+
+
+PAGES_390 = [("main", "/?prompt=the+king"), ("main-topk", "/?prompt=the+king&mode=topk&k=30"),
+             ("block", "/blocks/3?prompt=the+king+&mode=topk&k=30"), ("corpus", "/corpus?pos=200"),
+             ("report", "/report"), ("unknown-character", "/?prompt=the+%7BZing%7D+%E2%82%AC"),
+             ("bad-block", "/blocks/99?prompt=the"), ("not-found", "/nowhere"),
+             ("too-long", "/?prompt=" + "the+king+" * 40)]
+
+
+@pytest.mark.parametrize("name,path", PAGES_390)
+def test_no_page_is_wider_than_a_phone(server, browser, name, path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(server + path)
+    page.wait_for_load_state("load")
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    page.screenshot(path=str(ARTIFACTS / f"phone-{name}.png"), full_page=False)
+    page.close()
+    assert width <= 390, f"{path} is {width} px wide at 390 px"
