@@ -176,6 +176,7 @@ def cmd_serve(args, settings: Settings) -> int:
     import uvicorn
 
     from .study.eval_report import reports_dir
+    from .study.storage import typical_h
     from .web import create_app
     from .workspace import about, open_engine, open_workspace, sibling_engines
 
@@ -191,9 +192,11 @@ def cmd_serve(args, settings: Settings) -> int:
         label = other.spec.model_name
         if label in others or label == ws.spec.model_name:
             raise UsageError(f"model {label!r} is served twice; give each model once")
-        others[label] = (eng, about(other, eng), reports_dir(settings, other.store_dir),
+        rep = reports_dir(settings, other.store_dir)
+        others[label] = (eng, {**about(other, eng), "typical_h": typical_h(rep)}, rep,
                          sibling_engines(other, settings.stores))
-    app = create_app(engine, about(ws, engine), reports=reports_dir(settings, ws.store_dir),
+    rep = reports_dir(settings, ws.store_dir)
+    app = create_app(engine, {**about(ws, engine), "typical_h": typical_h(rep)}, reports=rep,
                      stores=sibling_engines(ws, settings.stores), models=others if others else None)
     print(f"ffnlens: {ws.spec.model_name} on {ws.corpus.name} ready in {time.time() - t0:.1f} s; "
           f"serving http://{args.host}:{args.port}", flush=True)

@@ -225,7 +225,8 @@ def about(ws: Workspace, engine: Engine) -> dict:
             "corpus": ws.corpus.name, "corpus_sha256": ws.corpus.sha256,
             "pool_size": engine.store.size, "n": engine.store.pool.n, "pool_mode": ws.spec.mode,
             "n_layer": engine.store.n_layer, "backend": engine.search.name,
-            "store": str(engine.store.path), "device": ws.device}
+            "store": engine.store.path.name, "device": ws.device,  # a name: no server paths
+            "vocab": ws.tok.chars, "block_size": ws.model.cfg.block_size}
 
 
 def store_label(spec: StoreSpec) -> str:

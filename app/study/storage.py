@@ -23,6 +23,19 @@ def write_report(out_dir, report: dict, figures: dict) -> Path:
     return page
 
 
+def typical_h(reports: Path | None) -> float | None:
+    """The approximation's mean Hellinger distance in a store's reference report (the model's
+    typical H, shown beside each answer for context), or None when there is none."""
+    path = Path(reports) / "reference" / "report.json" if reports else None
+    if path is None or not path.exists():
+        return None
+    try:
+        h = json.loads(path.read_text())["headline"]["approximation"]["hellinger"]["mean"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(h) if isinstance(h, (int, float)) else None
+
+
 def load_report(out_dir) -> tuple[dict, dict]:
     """Read back what :func:`write_report` wrote: (report, figures)."""
     out = Path(out_dir)
