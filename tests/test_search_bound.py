@@ -18,11 +18,13 @@ def make_store(unit: np.ndarray) -> Store:
                  norm=np.ones((L, P), np.float32), pool=None, counts=None)
 
 
-def bound_for(store: Store, k: int) -> BoundSearch:
+def bound_for(store: Store, k: int, gather_cost: float = 0) -> BoundSearch:
+    """The bound backend over ``store`` at rank ``k``; by default the pruned plan always (the
+    planner's switch to the scan off), so the equality tests exercise the pruning itself."""
     L, P, C = store.unit.shape
     basis = np.stack([fit_basis(store.unit[b], k) for b in range(L)])
     proj, resid = zip(*(project(store.unit[b], basis[b]) for b in range(L)))
-    return BoundSearch(store, basis, np.stack(proj), np.stack(resid))
+    return BoundSearch(store, basis, np.stack(proj), np.stack(resid), gather_cost=gather_cost)
 
 
 def unit_rows(x):
@@ -220,3 +222,31 @@ def test_open_bound_chooses_the_plan_for_the_device(engine):
 
     assert type(open_bound(engine.store, "cpu")) is BoundSearch
     assert type(open_bound(engine.store, "cuda")) is DeviceBoundSearch  # nothing moves there yet
+
+
+def test_the_planner_scans_when_the_bound_cannot_prune():
+    """With the planner on, a bound that leaves too many candidates (here rank 1 on 6-dimensional
+    data) hands the block to the scan, said in the answer's stats; a tight one (rank 8) prunes.
+    The answers are the full scan's either way."""
+    from app.search.bound import GATHER_COST
+
+    rng = np.random.default_rng(5)
+    X = unit_rows(rng.normal(size=(2000, 6)) @ rng.normal(size=(6, 64)) + 0.01 * rng.normal(size=(2000, 64)))
+    store = make_store(X[None])
+    full = ExactSearch(store)
+    loose, tight = (bound_for(store, r, gather_cost=GATHER_COST) for r in (1, 8))
+    q = torch.from_numpy(X[7].astype(np.float32))
+    mid = float(np.median(full.similarities(0, q).numpy()))  # where loose bounds straddle most
+    got = loose.threshold(0, q, mid)
+    assert got.stats.plan == "bound->scan" and 900 <= len(got) <= 1100
+    same(full.threshold(0, q, mid), got)
+    got = loose.topk(0, q, 1500)
+    assert got.stats.plan == "bound->scan"
+    same(full.topk(0, q, 1500), got)
+    for thr in (0.95, 0.8):
+        got = tight.threshold(0, q, thr)
+        assert got.stats.plan == "bound"
+        same_threshold(full, tight, 0, q, thr)
+    got = tight.topk(0, q, 10)
+    assert got.stats.plan == "bound"
+    same(full.topk(0, q, 10), got)

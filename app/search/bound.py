@@ -47,6 +47,13 @@ from .exact import ExactSearch
 
 BOUND_MARGIN = 1e-4
 DEFAULT_RANK = 32
+# The planner: deciding a candidate exactly gathers its row (random access), which costs about
+# GATHER_COST times what streaming one row costs in the full float16 scan; when the bound leaves
+# more than P / GATHER_COST candidates to decide, the block is scanned instead, so a block never
+# costs much more than the scan (the bound's own pass, k + 1 float32 values a row, is the most
+# lost). Measured here (bench/search.py's planner line): gathering 100,000 rows of blog's block 3
+# and multiplying them cost as much as scanning about 700,000 (GATHER_COST about 7 to 9).
+GATHER_COST = 8
 SMALL = ("bound_basis.npy",)  # hashed in the manifest
 BIG = ("bound_proj.npy", "bound_resid.npy")
 CHECK = IndexCheck("bound", made="fitted to", add="run `ffnlens index` to add it",
@@ -127,7 +134,8 @@ class BoundIndex:
 
 
 def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tensor, k: int,
-                     exclude: int | None, plan: str, bound_bytes: int) -> Neighbours:
+                     exclude: int | None, plan: str, bound_bytes: int,
+                     gather_cost: float = GATHER_COST) -> Neighbours:
     """Two passes over upper bounds ``ub`` (on the CPU or a device): the exact similarities of the
     2k best bounds give a k-th value that the answer's k-th can only exceed; every string whose
     bound reaches it (less the margin, so ties at the k-th are all seen) is then decided exactly.
@@ -147,6 +155,11 @@ def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tenso
         cand = torch.from_numpy(np.flatnonzero(ub.numpy() >= np.float32(kth - BOUND_MARGIN)))
     else:
         cand = torch.nonzero(ub >= kth - BOUND_MARGIN).flatten()
+    if len(cand) * gather_cost > len(ub):  # the bound cannot prune enough: scan (see GATHER_COST)
+        nb = scan.topk(b, q, k, exclude)
+        nb.stats = record(None, plan + "->scan", nb.stats.candidates,
+                          bound_bytes + m * scan.row_bytes() + nb.stats.bytes_read)
+        return nb
     stats = record(None, plan, len(cand), bound_bytes + len(cand) * scan.row_bytes())
     return best_of(cand, scan.exact(b, cand, q), k, stats)
 
@@ -158,10 +171,11 @@ class BoundSearch:
     name = "bound"
 
     def __init__(self, store: Store, basis: np.ndarray, proj: np.ndarray, resid: np.ndarray,
-                 device: str = "cpu"):
+                 device: str = "cpu", gather_cost: float = GATHER_COST):
         self.store, self.device = store, device
         self.index = BoundIndex(basis, proj, resid)
         self.scan = ExactSearch(store, device)
+        self.gather_cost = gather_cost  # 0: never switch to the scan (the pruned plan always)
 
     def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
         """(P,) float32 upper bounds of q . x, valid to within BOUND_MARGIN."""
@@ -176,12 +190,17 @@ class BoundSearch:
         cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
         if exclude is not None:
             cand = cand[cand != exclude]
-        stats = record(None, "bound", len(cand),
-                       self.index.block_bytes() + len(cand) * self.scan.row_bytes())
         hi = ub[cand]
         lo = hi - 2 * slack[cand]
         sure = lo > np.float32(thr + BOUND_MARGIN)
         test = cand[~sure]
+        if len(test) * self.gather_cost > self.store.size:  # the bound cannot prune enough: scan
+            nb = self.scan.threshold(b, q, thr, exclude)
+            nb.stats = record(None, "bound->scan", nb.stats.candidates,
+                              self.index.block_bytes() + nb.stats.bytes_read)
+            return nb
+        stats = record(None, "bound", len(cand),
+                       self.index.block_bytes() + len(cand) * self.scan.row_bytes())
         s = self.scan.exact(b, torch.from_numpy(test), q).numpy()
         keep = s > thr
         rows = np.concatenate([test[keep], cand[sure]]).astype(np.int64)
@@ -196,7 +215,7 @@ class BoundSearch:
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         """See ``topk_from_bounds``."""
         return topk_from_bounds(self.scan, b, q, self.bounds(b, q), k, exclude, "bound",
-                                self.index.block_bytes())
+                                self.index.block_bytes(), self.gather_cost)
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
