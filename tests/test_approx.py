@@ -88,3 +88,12 @@ def test_bad_prompts(engine, prompt, message):
 def test_bad_settings(engine, qs, message):
     with pytest.raises(QueryError, match=message):
         engine.query("the king ", qs)
+
+
+def test_reference_thresholds_resolve_by_name_on_six_blocks(engine):
+    from app.defaults import REFERENCE_THRESHOLDS
+
+    s = QuerySettings(thresholds="reference").resolved(engine.store)
+    assert s.thresholds == list(REFERENCE_THRESHOLDS)
+    with pytest.raises(QueryError, match="numbers or 'reference'"):
+        QuerySettings(thresholds="calibrated").resolved(engine.store)

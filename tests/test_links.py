@@ -101,7 +101,9 @@ def test_defaults_are_left_out_in_both_directions():
     assert full.raw == {"prompt": "ab", "mode": "topk", "thresholds": "reference", "weights": "1,2", "k": "7",
                         "show": "3", "blend": "normalised", "exclude_self": "1", "backend": "exact",
                         "store": "context16"}
-    assert full.settings.thresholds == [0.95, 0.94, 0.85, 0.76, 0.81, 0.89] and full.settings.show == 3
+    # "reference" stays a name until the engine resolves it against the model's depth (issue 16)
+    assert full.settings.thresholds == "reference" and full.settings.show == 3
+    assert encode_items("ab", full.settings)["thresholds"] == "reference"
 
 
 @pytest.mark.parametrize("params, message", [

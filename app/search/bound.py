@@ -51,8 +51,8 @@ DEFAULT_RANK = 32
 # GATHER_COST times what streaming one row costs in the full float16 scan; when the bound leaves
 # more than P / GATHER_COST candidates to decide, the block is scanned instead, so a block never
 # costs much more than the scan (the bound's own pass, k + 1 float32 values a row, is the most
-# lost). Measured here (bench/search.py's planner line): gathering 100,000 rows of blog's block 3
-# and multiplying them cost as much as scanning about 700,000 (GATHER_COST about 7 to 9).
+# lost). Measured on tiny's block 3 here (823k rows; 2 cores shared with other jobs): gathering and
+# multiplying 50,000-100,000 rows cost 6.3-8.5 times as much per row as the full float16 pass.
 GATHER_COST = 8
 SMALL = ("bound_basis.npy",)  # hashed in the manifest
 BIG = ("bound_proj.npy", "bound_resid.npy")
