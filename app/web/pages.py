@@ -6,13 +6,12 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams
-from .safety import csp_for_docs, csp_with_inline_styles
+from .safety import CSP_DOCS, csp_with_inline_styles
 from .views import block_context, corpus_context, find_report, get_explorer, query_context, rebase_urls
 
 router = APIRouter()
@@ -78,18 +77,18 @@ def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
     return HTMLResponse(page, headers={"Content-Security-Policy": csp_with_inline_styles(page)})
 
 
-def _docs(page: HTMLResponse) -> HTMLResponse:
-    page.headers["Content-Security-Policy"] = csp_for_docs(page.body.decode())
-    return page
-
-
 @router.get("/docs", include_in_schema=False)
-def swagger_ui(request: Request):
-    app = request.app
-    return _docs(get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI"))
+def swagger_ui(request: Request, ex: Ex):
+    """Swagger UI over /openapi.json, from our own static files (static/vendor, installed from npm;
+    its initialiser static/js/docs.js), under :data:`app.web.safety.CSP_DOCS`."""
+    ctx = {"openapi_url": ex.base + request.app.openapi_url}
+    r = request.app.state.templates.TemplateResponse(request, "docs.html", ctx)
+    r.headers["Content-Security-Policy"] = CSP_DOCS
+    return r
 
 
 @router.get("/redoc", include_in_schema=False)
-def redoc(request: Request):
-    app = request.app
-    return _docs(get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc"))
+def redoc(request: Request, ex: Ex):
+    """ReDoc is not installed: a page pointing to /docs (and the OpenAPI description)."""
+    ctx = {"openapi_url": ex.base + request.app.openapi_url, "about": ex.about}
+    return request.app.state.templates.TemplateResponse(request, "redoc.html", ctx)
