@@ -12,7 +12,8 @@ from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams
 from .safety import CSP_DOCS, csp_with_inline_styles
-from .views import block_context, corpus_context, find_report, get_explorer, query_context, rebase_urls
+from .views import (REPORT_COST, block_context, corpus_context, find_report, get_explorer, query_context,
+                    rebase_urls, report_command)
 
 router = APIRouter()
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -66,8 +67,11 @@ def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
     from ..study.storage import load_report
 
     folder, err = find_report(request.app.state.reports, q.mode)
+    if err and err[1] == 404:  # none yet: how to make one, and how long it takes
+        return _page(request, "noreport.html", {"about": ex.about, "page": "report",
+                                                "command": report_command(ex.about), "cost": REPORT_COST}, 404)
     if err:
-        return _page(request, "error.html", {"error": err[0], "about": ex.about}, err[1])
+        return _page(request, "error.html", {"error": err[0], "about": ex.about, "page": "report"}, err[1])
     report, figures = load_report(folder)
     if ex.base:  # the report's permalinks were written for an explorer at "/"
         rebase_urls(report, ex.base)

@@ -86,12 +86,29 @@ def corpus_context(ex: Explorer, q: CorpusParams) -> tuple[dict | None, str | No
     return context(ex.engine.tok.chars, ids, q.pos, n, q.width, q.width, lines=None), None
 
 
+# Measured (2026-11-30, `ffnlens eval --report` on the `tiny` model, default corpus, 2 CPU cores
+# shared with other work): 2,000 prompts (the default) 1 min 54 s; --prompts 200: 19 s.
+REPORT_COST = ("It takes about 2 minutes on the `tiny` model with the default 2,000 prompts on 2 CPU "
+               "cores (about 20 s with --prompts 200); the time grows with the number of prompts and "
+               "the model's size.")
+
+
+def report_command(about: dict) -> str:
+    """The command that writes this store's report (the served model's name; the corpus as a
+    placeholder unless it is the default, whose path the server does not show)."""
+    from ..corpus import DEFAULT_CORPUS
+
+    model = about.get("model") or "MODEL"
+    corpus = "" if about.get("corpus", DEFAULT_CORPUS) == DEFAULT_CORPUS else " --corpus YOUR_TEXT"
+    return f"ffnlens eval --model {model}{corpus} --report"
+
+
 def find_report(reports: Path | None, mode: str) -> tuple[Path | None, tuple[str, int] | None]:
     """(report folder, None) or (None, (message, status))."""
     have = sorted(p.parent.name for p in reports.glob("*/report.json")) if reports else []
     if not have:
         return None, ("no report for this store yet: run `ffnlens eval --report` (add `--pool "
-                      "heldout` for the held-out mode) with this model and corpus", 404)
+                      "heldout` for the held-out mode) with this model and corpus; " + REPORT_COST, 404)
     if mode and mode not in have:
         return None, (f"mode must be one of {', '.join(have)}, not {mode[:20]!r}", 400)
     return reports / (mode or ("reference" if "reference" in have else have[0])), None
