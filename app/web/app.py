@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 from .. import __version__
 from ..approx import Engine
 from ..templating import environment
-from . import api, errors, pages
+from . import api, errors, fragments, pages
 from .explorer import Explorer
 from .gate import Gate
 from .safety import Guard
@@ -47,6 +47,7 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
     explorer.base = base
     templates = Jinja2Templates(env=environment())
     templates.env.globals["base"] = base
+    templates.env.globals.update(fragments.GLOBALS)
     templates.env.globals["htmx_available"] = VENDOR.exists()
     templates.env.globals["swagger_available"] = (VENDOR.parent / "swagger-ui-bundle.js").exists()
     if models is not None:  # the root explorer: mount the others, and let every page list them all
