@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse
 
+from . import place
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams
@@ -56,7 +57,10 @@ def block_page(request: Request, block: Annotated[int, Path(description="the blo
             responses=BAD)
 def corpus_page(request: Request, q: Annotated[CorpusParams, Query()], ex: Ex):
     c, err = corpus_context(ex, q)
-    return _page(request, "corpus.html", {"c": c, "error": err, "about": ex.about}, 400 if err else 200)
+    ctx = {"c": c, "error": err, "about": ex.about}
+    if c:
+        ctx["text"] = place.numbered(c["before"], c["match"], c["after"], c["first_line"])
+    return _page(request, "corpus.html", ctx, 400 if err else 200)
 
 
 @router.get("/report", response_class=HTMLResponse,
