@@ -313,3 +313,21 @@ def test_docs_render_with_no_request_leaving_the_machine(server, page):
     assert requests and not outside, outside
     assert any(u.endswith("/openapi.json") for u in requests)
     assert not violations, violations
+
+
+# --- the corpus page (issue 17, item 8) ----------------------------------------------------------
+def test_corpus_page_selection_becomes_the_prompt(server, page):
+    page.goto(server + "/corpus?pos=200&width=60&from=" + "%2F%3Fprompt%3Dthe%2Bk%26mode%3Dtopk%26k%3D20")
+    link = page.locator("a.useprompt")
+    assert "mode=topk" in link.get_attribute("href") and page.locator("nav.crumbs a").inner_text() == "← back to the prompt"
+    before = link.get_attribute("href")
+    chosen = page.evaluate("""() => {  // the first 8 characters of the first line shown
+        const text = document.querySelector('pre.corpus .ln').nextSibling;
+        const r = document.createRange(); r.setStart(text, 0); r.setEnd(text, 8);
+        const s = window.getSelection(); s.removeAllRanges(); s.addRange(r); return s.toString(); }""")
+    assert len(chosen) == 8 and chosen != page.locator("pre.corpus mark").inner_text()
+    page.wait_for_function("(b) => document.querySelector('a.useprompt').getAttribute('href') !== b", arg=before)
+    link.click()
+    page.wait_for_load_state("load")
+    assert page.locator("#prompt").input_value() == chosen
+    assert page.locator("#results").get_attribute("data-prompt") == chosen
