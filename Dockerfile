@@ -6,7 +6,7 @@
 # GPU: build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 and run with
 # `--gpus all` (the NVIDIA container toolkit); ffnlens then uses CUDA (FFNLENS_DEVICE=auto).
 
-# htmx and idiomorph from the npm registry, pinned by package-lock.json.
+# htmx, idiomorph and Swagger UI (swagger-ui-dist) from the npm registry, pinned by package-lock.json.
 FROM node:22.11.0-bookworm-slim AS htmx
 WORKDIR /src
 COPY package.json package-lock.json ./
@@ -30,6 +30,8 @@ COPY templates ./templates
 COPY static ./static
 COPY --from=htmx /src/node_modules/htmx.org/dist/htmx.min.js ./static/vendor/htmx.min.js
 COPY --from=htmx /src/node_modules/idiomorph/dist/idiomorph.min.js ./static/vendor/idiomorph.min.js
+COPY --from=htmx /src/node_modules/swagger-ui-dist/swagger-ui-bundle.js ./static/vendor/swagger-ui-bundle.js
+COPY --from=htmx /src/node_modules/swagger-ui-dist/swagger-ui.css ./static/vendor/swagger-ui.css
 # Editable: the app reads templates/ and static/ beside its package.
 RUN pip install -e . \
  && useradd --create-home --uid 10001 ffnlens \

@@ -14,19 +14,26 @@ CORPUS_ARG := $(if $(CORPUS),--corpus $(CORPUS),)
 
 .PHONY: setup browser start test clean-store
 
-setup: $(VENV)/.ffnlens-setup static/vendor/htmx.min.js static/vendor/idiomorph.min.js
+setup: $(VENV)/.ffnlens-setup static/vendor/htmx.min.js static/vendor/idiomorph.min.js \
+       static/vendor/swagger-ui-bundle.js static/vendor/swagger-ui.css
 
 # Front-end packages come from the npm registry, pinned by package-lock.json, served from our own
 # static files (never committed, never from a CDN): htmx, and idiomorph (the main page's morphing
-# swaps; without it static/js/live.js replaces the results wholesale).
+# swaps; without it static/js/live.js replaces the results wholesale), and Swagger UI (/docs).
+# --ignore-scripts: no package's install script runs (swagger-ui-dist's analytics dependency has one).
+NPM_CI := npm ci --no-audit --no-fund --silent --ignore-scripts
 static/vendor/htmx.min.js: package.json package-lock.json
-	@echo "setup: installing htmx and idiomorph from the npm registry"
-	@npm ci --no-audit --no-fund --silent
+	@echo "setup: installing htmx, idiomorph and swagger-ui-dist from the npm registry"
+	@$(NPM_CI)
 	@mkdir -p static/vendor && cp node_modules/htmx.org/dist/htmx.min.js $@
 
 static/vendor/idiomorph.min.js: static/vendor/htmx.min.js
-	@test -f node_modules/idiomorph/dist/idiomorph.min.js || npm ci --no-audit --no-fund --silent
+	@test -f node_modules/idiomorph/dist/idiomorph.min.js || $(NPM_CI)
 	@mkdir -p static/vendor && cp node_modules/idiomorph/dist/idiomorph.min.js $@
+
+static/vendor/swagger-ui-bundle.js static/vendor/swagger-ui.css: static/vendor/htmx.min.js
+	@test -f node_modules/swagger-ui-dist/$(@F) || $(NPM_CI)
+	@mkdir -p static/vendor && cp node_modules/swagger-ui-dist/$(@F) $@
 
 # One stamp per successful setup; it is redone when pyproject.toml changes.
 $(VENV)/.ffnlens-setup: pyproject.toml

@@ -6,6 +6,7 @@ later the web pages) renders that same dict.
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import lru_cache
 
 import numpy as np
 
@@ -14,11 +15,24 @@ from .metrics import ranking
 from .store import Store
 
 VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
+_VISIBLE = str.maketrans(VISIBLE)
 
 
 def visible(s: str) -> str:
     """Whitespace drawn as visible symbols (space ␣, newline ⏎, tab ⇥)."""
-    return "".join(VISIBLE.get(c, c) for c in s)
+    return s.translate(_VISIBLE)
+
+
+@lru_cache(maxsize=16)
+def _char_table(chars: str) -> np.ndarray:
+    """The vocabulary as an array of one-character strings (token ids -> characters at once)."""
+    return np.array(list(chars), dtype=object)
+
+
+def decode_rows(chars: str, ids: np.ndarray) -> list[str]:
+    """Each row of token ids as its text."""
+    table = _char_table(chars)
+    return ["".join(r) for r in table[ids]] if len(ids) else []
 
 
 def top_tokens(p: np.ndarray, chars: str, k: int = 10) -> list[dict]:
@@ -28,8 +42,8 @@ def top_tokens(p: np.ndarray, chars: str, k: int = 10) -> list[dict]:
 
 def shared_suffix(a: str, b: str) -> int:
     """Length of the common ending of a and b (the part a neighbour shares with the prompt)."""
-    n = 0
-    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+    n, m = 0, min(len(a), len(b))
+    while n < m and a[-1 - n] == b[-1 - n]:
         n += 1
     return n
 
@@ -41,9 +55,10 @@ def comparison(model: np.ndarray, approx: np.ndarray, chars: str, k: int = 16) -
     order += [i for i in ranking(approx)[:k] if i not in order and approx[i] > 0]
     order = sorted(order[:k], key=lambda i: (-max(model[i], approx[i]), i))
     top = max(float(model.max()), float(approx.max()), 1e-12)
-    bars = lambda idx: [{"char": chars[i], "label": visible(chars[i]), "model": float(model[i]),
-                         "approx": float(approx[i]), "model_frac": float(model[i]) / top,
-                         "approx_frac": float(approx[i]) / top} for i in idx]
+    ms, As = model.tolist(), approx.tolist()  # Python floats, as float() of each element
+    bars = lambda idx: [{"char": chars[i], "label": visible(chars[i]), "model": ms[i],
+                         "approx": As[i], "model_frac": ms[i] / top,
+                         "approx_frac": As[i] / top} for i in idx]
     return {"top": bars(order), "all": bars(range(len(chars)))}
 
 
@@ -52,13 +67,18 @@ def neighbour_rows(store: Store, chars: str, rows: np.ndarray, sims: np.ndarray,
     n = store.pool.n
     strings = store.pool.strings(store.corpus_ids, rows) if len(rows) else np.zeros((0, n), np.int64)
     out = []
-    for r, s, sim in zip(rows, strings, sims):
-        text = "".join(chars[t] for t in s)
+    for r, text, sim in zip(rows.tolist(), decode_rows(chars, strings), sims.tolist()):
         k = shared_suffix(text, prompt)
-        out.append({"row": int(r), "text": text, "similarity": float(sim),
-                    "is_self": int(r) == self_row, "shared": k,
+        out.append({"row": r, "text": text, "similarity": sim,
+                    "is_self": r == self_row, "shared": k,
                     "head": visible(text[: len(text) - k]), "tail": visible(text[len(text) - k :])})
     return out
+
+
+def _counts(counts: np.ndarray, chars: str) -> dict:
+    """{character: count} for the characters counted at least once, in vocabulary order."""
+    nz = np.flatnonzero(counts)
+    return dict(zip((chars[i] for i in nz.tolist()), counts[nz].tolist()))
 
 
 def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
@@ -73,7 +93,7 @@ def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
             "share_raw": br.share_raw,
             "share_normalised": br.share_norm,
             "count_total": int(tot),
-            "counts": {chars[i]: int(c) for i, c in enumerate(br.counts) if c},
+            "counts": _counts(br.counts, chars),
             "distribution": top_tokens(br.counts / tot if tot else br.counts.astype(float), chars),
             "top": neighbour_rows(store, chars, shown, shown_sims,
                                   res.prompt, br.self_row),
@@ -85,8 +105,8 @@ def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
         "hellinger": res.hellinger,
         "agreement": {str(k): v for k, v in res.agreement.items()},
         "fallback": res.fallback,
-        "model": {c: float(p) for c, p in zip(chars, res.model_probs)},
-        "approximation": {c: float(p) for c, p in zip(chars, res.approx)},
+        "model": dict(zip(chars, np.asarray(res.model_probs, dtype=float).tolist())),
+        "approximation": dict(zip(chars, np.asarray(res.approx, dtype=float).tolist())),
         "model_top": top_tokens(res.model_probs, chars),
         "approximation_top": top_tokens(res.approx, chars),
         "chart": comparison(res.model_probs, res.approx, chars),

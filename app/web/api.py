@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams
-from .schemas import BlockPage, Detail, CorpusStretch, Info, QueryAnswer, Report
+from .schemas import BlockPage, CorpusPlace, Detail, Info, QueryAnswer, Report
 from .views import block_context, corpus_context, find_report, get_explorer, query_context
 
 router = APIRouter(prefix="/api")
@@ -57,12 +57,14 @@ def api_block(block: Annotated[int, Path(description="the block, from 0")],
     return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
 
 
-@router.get("/corpus", summary="A stretch of the corpus around a position", response_model=CorpusStretch,
+@router.get("/corpus", summary="A stretch of the corpus around a position: where it is (line; play, "
+                      "act, scene and speaker for the default corpus) and links on", response_model=CorpusPlace,
             responses=BAD)
 def api_corpus(q: Annotated[CorpusParams, Query()], ex: Ex):
     c, err = corpus_context(ex, q)
     if err:
         return JSONResponse({"detail": err}, status_code=400)
+    c.pop("back_to", None)  # the page's wording
     return _json(c)
 
 

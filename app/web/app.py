@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 from .. import __version__
 from ..approx import Engine
 from ..templating import environment
-from . import api, errors, pages
+from . import api, errors, fragments, pages
 from .explorer import Explorer
 from .gate import Gate
 from .safety import Guard
@@ -40,14 +40,16 @@ def create_app(engine: Engine, about: dict | None = None, reports: Path | None =
         version=__version__,
         description="How a small language model's feed-forward blocks predict its next character. "
                     "Every HTML page has a JSON twin under /api taking the same parameters.",
-        docs_url=None, redoc_url=None,  # served by the pages router, each with the policy its CDN pages need
+        docs_url=None, redoc_url=None,  # served by the pages router from our own static files
     )
     app.add_middleware(Guard)
     explorer = Explorer(engine, about or {}, stores=stores, gate=gate)
     explorer.base = base
     templates = Jinja2Templates(env=environment())
     templates.env.globals["base"] = base
+    templates.env.globals.update(fragments.GLOBALS)
     templates.env.globals["htmx_available"] = VENDOR.exists()
+    templates.env.globals["swagger_available"] = (VENDOR.parent / "swagger-ui-bundle.js").exists()
     if models is not None:  # the root explorer: mount the others, and let every page list them all
         names = {(about or {}).get("model", "default"): ""}
         names.update({name: f"/m/{name}" for name in models})

@@ -46,6 +46,7 @@ class Explorer:
         self._cache_rows = 0
         self._lock = threading.Lock()
         self.cache_size, self.cache_rows = cache_size, cache_rows
+        self._defaults: dict[str, dict] = {}  # store label -> defaults() (computed once)
 
     @staticmethod
     def _backends(engine: Engine) -> dict[str, Engine]:
@@ -103,9 +104,15 @@ class Explorer:
                 return out
 
     def defaults(self, store: str | None = None) -> dict:
-        """The store's default thresholds and weights as the form shows them, and their rule."""
-        es = self.engines.get(store or DEFAULT_STORE) or self.engines[DEFAULT_STORE]
-        st = next(iter(es.values())).store
+        """The store's default thresholds and weights as the form shows them, and their rule
+        (worked out once per store: they do not change while the server runs; a copy each call)."""
+        label = store if store in self.engines else DEFAULT_STORE
+        if label not in self._defaults:
+            self._defaults[label] = self._work_out_defaults(label)
+        return dict(self._defaults[label])
+
+    def _work_out_defaults(self, label: str) -> dict:
+        st = next(iter(self.engines[label].values())).store
         s = QuerySettings().resolved(st)
         return {"thresholds": ",".join(f"{t:.4f}" for t in s.thresholds),
                 "weights": ",".join(f"{w:g}" for w in s.weights),

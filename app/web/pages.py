@@ -6,14 +6,15 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
+from . import place
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams
-from .safety import csp_for_docs, csp_with_inline_styles
-from .views import block_context, corpus_context, find_report, get_explorer, query_context, rebase_urls
+from .safety import CSP_DOCS, csp_with_inline_styles
+from .views import (REPORT_COST, block_context, corpus_context, find_report, get_explorer, query_context,
+                    rebase_urls, report_command)
 
 router = APIRouter()
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -56,7 +57,10 @@ def block_page(request: Request, block: Annotated[int, Path(description="the blo
             responses=BAD)
 def corpus_page(request: Request, q: Annotated[CorpusParams, Query()], ex: Ex):
     c, err = corpus_context(ex, q)
-    return _page(request, "corpus.html", {"c": c, "error": err, "about": ex.about}, 400 if err else 200)
+    ctx = {"c": c, "error": err, "about": ex.about}
+    if c:
+        ctx["text"] = place.numbered(c["before"], c["match"], c["after"], c["first_line"])
+    return _page(request, "corpus.html", ctx, 400 if err else 200)
 
 
 @router.get("/report", response_class=HTMLResponse,
@@ -67,8 +71,11 @@ def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
     from ..study.storage import load_report
 
     folder, err = find_report(request.app.state.reports, q.mode)
+    if err and err[1] == 404:  # none yet: how to make one, and how long it takes
+        return _page(request, "noreport.html", {"about": ex.about, "page": "report",
+                                                "command": report_command(ex.about), "cost": REPORT_COST}, 404)
     if err:
-        return _page(request, "error.html", {"error": err[0], "about": ex.about}, err[1])
+        return _page(request, "error.html", {"error": err[0], "about": ex.about, "page": "report"}, err[1])
     report, figures = load_report(folder)
     if ex.base:  # the report's permalinks were written for an explorer at "/"
         rebase_urls(report, ex.base)
@@ -78,18 +85,18 @@ def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
     return HTMLResponse(page, headers={"Content-Security-Policy": csp_with_inline_styles(page)})
 
 
-def _docs(page: HTMLResponse) -> HTMLResponse:
-    page.headers["Content-Security-Policy"] = csp_for_docs(page.body.decode())
-    return page
-
-
 @router.get("/docs", include_in_schema=False)
-def swagger_ui(request: Request):
-    app = request.app
-    return _docs(get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI"))
+def swagger_ui(request: Request, ex: Ex):
+    """Swagger UI over /openapi.json, from our own static files (static/vendor, installed from npm;
+    its initialiser static/js/docs.js), under :data:`app.web.safety.CSP_DOCS`."""
+    ctx = {"openapi_url": ex.base + request.app.openapi_url}
+    r = request.app.state.templates.TemplateResponse(request, "docs.html", ctx)
+    r.headers["Content-Security-Policy"] = CSP_DOCS
+    return r
 
 
 @router.get("/redoc", include_in_schema=False)
-def redoc(request: Request):
-    app = request.app
-    return _docs(get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc"))
+def redoc(request: Request, ex: Ex):
+    """ReDoc is not installed: a page pointing to /docs (and the OpenAPI description)."""
+    ctx = {"openapi_url": ex.base + request.app.openapi_url, "about": ex.about}
+    return request.app.state.templates.TemplateResponse(request, "redoc.html", ctx)

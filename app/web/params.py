@@ -66,6 +66,11 @@ class CorpusParams(BaseModel):
     pos: int = Field(description="the position in the corpus (a character index, from 0)")
     width: int = Field(1500, description="characters shown on each side, 1 to 5000",
                        json_schema_extra={"minimum": RANGES["width"][0], "maximum": RANGES["width"][1]})
+    from_: str = Field("", alias="from", max_length=4000,
+                       description="the page this stretch was opened from, linked back to: '/' or "
+                       "'/blocks/N' with its query string (the prompt and its settings), from the "
+                       "explorer's root, e.g. /blocks/3?prompt=the+king; the 'use as prompt' link "
+                       "keeps its settings; empty: none")
 
 
 class ReportParams(BaseModel):

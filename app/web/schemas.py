@@ -94,6 +94,33 @@ class CorpusStretch(Open):
     after: str = Field(description="the text after it")
 
 
+class Place(Open):
+    """Where a position is in the default corpus (the plays), read from the text's headings; each
+    null where the text does not say (e.g. a cast list before the first act)."""
+
+    play: str | None = Field(description="the play's title, as its first line has it")
+    act: str | None = Field(description="e.g. 'Act II'")
+    scene: str | None = Field(description="e.g. 'Scene I (Elsinore. A platform before the Castle)'")
+    speaker: str | None = Field(description="the speaker, as the speech's heading names them (e.g. 'Ham')")
+
+
+class CorpusPlace(CorpusStretch):
+    """GET /api/corpus: the stretch, where it is, and where to go from it."""
+
+    start: int = Field(description="the position of the first character of 'before'")
+    length: int = Field(description="characters in the corpus")
+    line: int = Field(description="the line of the position, from 1")
+    column: int = Field(description="its column, from 1")
+    first_line: int = Field(description="the line 'before' starts on")
+    place: Place | None = Field(description="play, act, scene and speaker (the default corpus only; "
+                                "null for other texts)")
+    earlier: str | None = Field(description="the stretch before this one (null at the start)")
+    later: str | None = Field(description="the stretch after this one (null at the end)")
+    back: str | None = Field(description="the page given in from= (null without one)")
+    use_as_prompt: str = Field(description="the main page with the string at the position as its "
+                               "prompt (and from='s settings)")
+
+
 class BlockItem(Neighbour):
     frequency: int = Field(description="how often the string occurs with a follower")
     occurrences: int = Field(description="how often it occurs in the corpus")

@@ -10,6 +10,7 @@ from fastapi import Request
 
 from ..approx import Engine, QueryError, QueryResult
 from ..present import block_dict, context, query_dict
+from . import place
 from .errors import Rejected
 from .explorer import DEFAULT_STORE, Explorer
 from .gate import Busy
@@ -26,7 +27,7 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
     ``present(result, engine)`` returns what to add to the context (default: the main page's
     data). Returns (context, status); a refusal leaves its message in ``context["error"]``."""
     p = q.form()
-    ctx = {"form": p, "about": ex.about, "defaults": ex.defaults(), "data": None, "error": None,
+    ctx = {"form": p, "about": ex.about, "defaults": None, "data": None, "error": None,
            "permalink": ex.base + "/?" + urlencode({k: v for k, v in p.items() if v}), "vp": None}
     try:
         vp = parse(p)
@@ -55,6 +56,9 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
     except Busy as e:
         ctx["error"], ctx["retry_after"] = e.message, e.retry_after
         return ctx, 503
+    finally:  # a refusal before the settings were read shows the default store's
+        if ctx["defaults"] is None:
+            ctx["defaults"] = ex.defaults()
 
 
 def block_context(ex: Explorer, block: int, q: BlockParams) -> tuple[dict, int]:
@@ -72,18 +76,51 @@ def block_context(ex: Explorer, block: int, q: BlockParams) -> tuple[dict, int]:
         return {"block": block_dict(res, eng.store, eng.tok.chars, block, q.page, q.per_page, q.sort),
                 "data": {"settings": asdict(res.settings)}, "n_layer": eng.store.n_layer}
 
-    return query_context(ex, q, need_prompt=True, present=present, check=check)
+    ctx, status = query_context(ex, q, need_prompt=True, present=present, check=check)
+    if ctx.get("block"):  # the corpus links come back here (from=): this page, as it is paged and sorted
+        b = ctx["block"]
+        ctx["from_here"] = place.here_for(f"/blocks/{block}", f"{ctx['qs']}&sort={b['sort']}&per_page="
+                                          f"{b['per_page']}&page={b['page']}")
+    return ctx, status
 
 
 def corpus_context(ex: Explorer, q: CorpusParams) -> tuple[dict | None, str | None]:
-    """(the corpus around ``q.pos``, None) or (None, what to fix)."""
+    """(the corpus around ``q.pos``, where it is and the links on from it, None) or (None, what to fix)."""
     ids = ex.engine.store.corpus_ids
     if not 0 <= q.pos < len(ids):
         return None, f"pos must be between 0 and {len(ids) - 1}"
     if bad := check_range("width", q.width):
         return None, bad
+    came = place.read_from(q.from_, set(QueryParams.model_fields))
+    if came is None:
+        return None, ("from must be a page of this explorer: '/' or '/blocks/N' with its query "
+                      "string, e.g. /blocks/3?prompt=the+king")
     n = ex.engine.store.pool.n
-    return context(ex.engine.tok.chars, ids, q.pos, n, q.width, q.width, lines=None), None
+    c = context(ex.engine.tok.chars, ids, q.pos, n, q.width, q.width, lines=None)
+    idx = place.text_index(ex)
+    start = q.pos - len(c["before"])
+    line, column = idx.line(q.pos)
+    c.update({"start": start, "length": len(ids), "line": line, "column": column,
+              "first_line": idx.line(start)[0], "place": idx.place(q.pos)})
+    c.update(place.links(ex.base, q.pos, q.width, len(ids), n, c["match"], came))
+    return c, None
+
+
+# Measured (2026-11-30, `ffnlens eval --report` on the `tiny` model, default corpus, 2 CPU cores
+# shared with other work): 2,000 prompts (the default) 1 min 54 s; --prompts 200: 19 s.
+REPORT_COST = ("It takes about 2 minutes on the `tiny` model with the default 2,000 prompts on 2 CPU "
+               "cores (about 20 s with --prompts 200); the time grows with the number of prompts and "
+               "the model's size.")
+
+
+def report_command(about: dict) -> str:
+    """The command that writes this store's report (the served model's name; the corpus as a
+    placeholder unless it is the default, whose path the server does not show)."""
+    from ..corpus import DEFAULT_CORPUS
+
+    model = about.get("model") or "MODEL"
+    corpus = "" if about.get("corpus", DEFAULT_CORPUS) == DEFAULT_CORPUS else " --corpus YOUR_TEXT"
+    return f"ffnlens eval --model {model}{corpus} --report"
 
 
 def find_report(reports: Path | None, mode: str) -> tuple[Path | None, tuple[str, int] | None]:
@@ -91,7 +128,7 @@ def find_report(reports: Path | None, mode: str) -> tuple[Path | None, tuple[str
     have = sorted(p.parent.name for p in reports.glob("*/report.json")) if reports else []
     if not have:
         return None, ("no report for this store yet: run `ffnlens eval --report` (add `--pool "
-                      "heldout` for the held-out mode) with this model and corpus", 404)
+                      "heldout` for the held-out mode) with this model and corpus; " + REPORT_COST, 404)
     if mode and mode not in have:
         return None, (f"mode must be one of {', '.join(have)}, not {mode[:20]!r}", 400)
     return reports / (mode or ("reference" if "reference" in have else have[0])), None

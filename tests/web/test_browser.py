@@ -23,23 +23,6 @@ if not CHROMIUM:
 
 
 @pytest.fixture(scope="module")
-def reports(engine, tmp_path_factory):
-    """A small real report (16 prompts), as `ffnlens eval --report` writes it (for /report)."""
-    from app.approx import QuerySettings
-    from app.baselines import Unigram
-    from app.evaluate import reference_prompts
-    from app.report import build_report, write_report
-
-    out = tmp_path_factory.mktemp("reports")
-    rows = reference_prompts(engine.store, 16, seed=3)
-    report, figs = build_report(engine, rows, QuerySettings(),
-                                {"unigram": Unigram(engine.store.corpus_ids, engine.store.counts.vocab_size)},
-                                "reference", sweep_prompts=8, fit_steps=10, single_blocks=False)
-    write_report(out / "reference", report, figs)
-    return out
-
-
-@pytest.fixture(scope="module")
 def server(workspace, engine, reports):
     import uvicorn
 
@@ -308,3 +291,43 @@ def test_no_page_is_wider_than_a_phone(server, browser, name, path):
     page.screenshot(path=str(ARTIFACTS / f"phone-{name}.png"), full_page=False)
     page.close()
     assert width <= 390, f"{path} is {width} px wide at 390 px"
+
+
+# --- /docs offline (issue 17, item 5) ---------------------------------------------------------------
+def test_docs_render_with_no_request_leaving_the_machine(server, page):
+    """Swagger UI comes from our own static files: every request the page makes goes to the server
+    on loopback, the operations list renders, and the page's CSP is never violated."""
+    requests, violations = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=20000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert "/api/query" in " ".join(paths) and "/api/corpus" in " ".join(paths)
+    page.locator(".opblock-summary-path", has_text="/api/corpus").first.click()
+    page.wait_for_selector(".parameters-container td.parameters-col_name", timeout=10000)
+    assert "pos" in page.locator(".parameters-container").first.inner_text()
+    page.wait_for_timeout(300)
+    origin = server + "/"
+    outside = [u for u in requests if not (u.startswith(origin) or u.startswith("data:"))]
+    assert requests and not outside, outside
+    assert any(u.endswith("/openapi.json") for u in requests)
+    assert not violations, violations
+
+
+# --- the corpus page (issue 17, item 8) ----------------------------------------------------------
+def test_corpus_page_selection_becomes_the_prompt(server, page):
+    page.goto(server + "/corpus?pos=200&width=60&from=" + "%2F%3Fprompt%3Dthe%2Bk%26mode%3Dtopk%26k%3D20")
+    link = page.locator("a.useprompt")
+    assert "mode=topk" in link.get_attribute("href") and page.locator("nav.crumbs a").inner_text() == "← back to the prompt"
+    before = link.get_attribute("href")
+    chosen = page.evaluate("""() => {  // the first 8 characters of the first line shown
+        const text = document.querySelector('pre.corpus .ln').nextSibling;
+        const r = document.createRange(); r.setStart(text, 0); r.setEnd(text, 8);
+        const s = window.getSelection(); s.removeAllRanges(); s.addRange(r); return s.toString(); }""")
+    assert len(chosen) == 8 and chosen != page.locator("pre.corpus mark").inner_text()
+    page.wait_for_function("(b) => document.querySelector('a.useprompt').getAttribute('href') !== b", arg=before)
+    link.click()
+    page.wait_for_load_state("load")
+    assert page.locator("#prompt").input_value() == chosen
+    assert page.locator("#results").get_attribute("data-prompt") == chosen

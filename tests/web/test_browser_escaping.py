@@ -23,6 +23,8 @@ def test_escaping_and_csp_in_a_real_browser(live, client):
     from playwright.sync_api import sync_playwright
 
     from app.present import visible
+    from app.web import fragments
+    from app.web.place import numbered
 
     port, _ = live
     base = f"http://127.0.0.1:{port}"
@@ -71,6 +73,7 @@ def test_escaping_and_csp_in_a_real_browser(live, client):
         # as a safety net: escaping alone must keep them inert.
         tpl = Jinja2Templates(directory=str(REPO / "templates"))
         tpl.env.filters["visible"] = visible
+        tpl.env.globals.update(fragments.GLOBALS)  # as create_app does
         nasty = XSS[0] + XSS[1] + "&<>'\""
         item = {"row": 1, "text": nasty, "similarity": 0.5, "is_self": False, "shared": 0, "head": nasty,
                 "tail": nasty, "frequency": 1, "occurrences": 1, "follow": [{"label": nasty, "count": 1}],
@@ -84,7 +87,11 @@ def test_escaping_and_csp_in_a_real_browser(live, client):
                      block=block, form=form, about=about, permalink="/?" + urlencode({"prompt": nasty}),
                      qs=urlencode({"prompt": nasty}), n_layer=2, data={"settings": {"mode": "topk"}}),
                  tpl.env.get_template("corpus.html").render(
-                     c={"pos": 0, "before": nasty, "match": nasty, "after": nasty}, about=about),
+                     c={"pos": 0, "before": nasty, "match": nasty, "after": nasty, "line": 1, "column": 1,
+                        "length": 100, "place": {"play": nasty, "act": nasty, "scene": nasty, "speaker": nasty},
+                        "earlier": None, "later": "/corpus?pos=50", "back": "/?" + urlencode({"prompt": nasty}),
+                        "back_to": nasty, "use_as_prompt": "/?" + urlencode({"prompt": nasty})},
+                     text=numbered(nasty, nasty, nasty, 1), about=about),
                  tpl.env.get_template("index.html").render(form=form, about=about, error=nasty,
                                                            defaults={"thresholds": nasty, "weights": nasty})]
         for text in pages:

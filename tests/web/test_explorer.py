@@ -20,7 +20,11 @@ def vp(**params):
 
 
 def answer(res, eng):
-    return res, eng
+    return {"answer": (res, eng)}  # run() adds its timing to what present returns
+
+
+def run(ex, v):
+    return ex.run(v, answer)["answer"]
 
 
 def test_one_engine_per_backend_and_the_about(engine):
@@ -35,15 +39,15 @@ def test_one_engine_per_backend_and_the_about(engine):
 
 def test_answers_are_cached_and_evicted(engine):
     ex = Explorer(engine, {}, cache_size=1, gate=Gate(running=1, waiting=0))
-    first, eng = ex.run(vp(prompt="the king "), answer)
+    first, eng = run(ex, vp(prompt="the king "))
     assert eng is engine and first.prompt == "the king "
-    assert ex.run(vp(prompt="the king "), answer)[0] is first  # the cache's answer
-    other, _ = ex.run(vp(prompt="the king ", backend="exact"), answer)
+    assert run(ex, vp(prompt="the king "))[0] is first  # the cache's answer
+    other, _ = run(ex, vp(prompt="the king ", backend="exact"))
     assert other is not first and other.backend == "exact"
-    again, _ = ex.run(vp(prompt="the king "), answer)  # evicted: asked again, the same numbers
+    again, _ = run(ex, vp(prompt="the king "))  # evicted: asked again, the same numbers
     assert again is not first and again.hellinger == first.hellinger
     small = Explorer(engine, {}, cache_rows=0, gate=Gate(running=1, waiting=0))
-    assert small.run(vp(prompt="my lord"), answer)[0] is not small.run(vp(prompt="my lord"), answer)[0]
+    assert run(small, vp(prompt="my lord"))[0] is not run(small, vp(prompt="my lord"))[0]
 
 
 def test_a_full_gate_turns_the_engine_call_away(engine):
@@ -57,7 +61,9 @@ def test_a_full_gate_turns_the_engine_call_away(engine):
 
 def test_defaults_as_the_form_shows_them(engine):
     d = Explorer(engine, {}, gate=Gate()).defaults()
-    assert set(d) == {"thresholds", "weights", "rule", "rule_text"}
+    assert set(d) == {"thresholds", "weights", "rule", "rule_text", "weights_rule"}
+    d["rule"] = "changed"  # a copy: the explorer's own stays
+    assert Explorer(engine, {}, gate=Gate()).defaults()["rule"] != "changed"
     assert len(d["thresholds"].split(",")) == len(d["weights"].split(",")) == engine.store.n_layer
 
 

@@ -20,6 +20,8 @@ PYDANTIC_WORDING = ("Input should", "Field required", "valid integer")
     ("/corpus", {"pos": "3", "width": "y"}, "width must be a whole number, not 'y'"),
     ("/corpus", {"pos": "3", "width": "0"}, "width must be between 1 and 5000"),
     ("/corpus", {"pos": "9" * 5000}, "pos must be a whole number of at most a few digits, not '99999999999999999999'"),
+    ("/corpus", {"pos": "3", "from": "https://elsewhere.example/"},
+     "from must be a page of this explorer: '/' or '/blocks/N' with its query string, e.g. /blocks/3?prompt=the+king"),
 ])
 def test_every_bad_parameter_is_a_400_in_plain_words(client, path, params, message):
     for prefix in ("/api", ""):

@@ -32,7 +32,7 @@ def test_two_models_in_one_app(tmp_path, workspace, engine, settings):
 
     page = client.get(f"/m/{name2}/", params={"prompt": "the king "})
     assert page.status_code == 200
-    assert f'href="/m/{name2}/static/style.css"' in page.text and f'hx-get="/m/{name2}/results"' in page.text
+    assert f'href="/m/{name2}/static/style.css"' in page.text and f'data-results="/m/{name2}/results"' in page.text
     assert f'href="/m/{name2}/blocks/0?' in page.text  # links stay inside the model's explorer
     assert f'<a href="/m/{name2}/" aria-current="page">{name2}</a>' in page.text  # the switcher
     assert client.get(f"/m/{name2}/static/style.css").status_code == 200
