@@ -222,7 +222,7 @@ def about(ws: Workspace, engine: Engine) -> dict:
     """What is being served, for page headers and /api/info."""
     return {"model": ws.spec.model_name, "params": int(ws.model.num_params()),
             "val_loss": float(ws.model_info.get("losses", {}).get("val", float("nan"))),
-            "corpus": ws.corpus.name, "corpus_sha256": ws.corpus.sha256,
+            "corpus": Path(ws.corpus.name).name, "corpus_sha256": ws.corpus.sha256,
             "pool_size": engine.store.size, "n": engine.store.pool.n, "pool_mode": ws.spec.mode,
             "n_layer": engine.store.n_layer, "backend": engine.search.name,
             "store": engine.store.path.name, "device": ws.device,  # a name: no server paths
