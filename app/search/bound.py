@@ -51,9 +51,9 @@ DEFAULT_RANK = 32
 # GATHER_COST times what streaming one row costs in the full float16 scan; when the bound leaves
 # more than P / GATHER_COST candidates to decide, the block is scanned instead, so a block never
 # costs much more than the scan (the bound's own pass, k + 1 float32 values a row, is the most
-# lost). Measured on tiny's block 3 here (823k rows; 2 cores shared with other jobs): gathering and
-# multiplying 50,000-100,000 rows cost 6.3-8.5 times as much per row as the full float16 pass.
-GATHER_COST = 8
+# lost). Measured by bench/search.py's planner line here (2 cores shared with other jobs): 3.9-4.5
+# on blog's block 3 (858,923 x 384), 6.3-8.5 on tiny's (823k x 128).
+GATHER_COST = 4
 SMALL = ("bound_basis.npy",)  # hashed in the manifest
 BIG = ("bound_proj.npy", "bound_resid.npy")
 CHECK = IndexCheck("bound", made="fitted to", add="run `ffnlens index` to add it",
