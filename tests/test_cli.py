@@ -144,4 +144,5 @@ def test_eval_writes_reports_the_explorer_serves(cli, engine, workspace, setting
     assert client.get("/report", params={"mode": "nope"}).status_code == 400
     empty = TestClient(create_app(engine, about(workspace, engine), reports=tmp_path / "none"))
     r = empty.get("/report")
-    assert r.status_code == 404 and "ffnlens eval --report" in r.text
+    # the page names the command for the served model (issue 17: the report is findable)
+    assert r.status_code == 404 and "ffnlens eval --model" in r.text and "--report" in r.text
