@@ -18,7 +18,7 @@ from .repro_rows import RUN, SAMPLE, SIZES, count_tol, judge, missing, row, scal
 SEEDS = (1442, 88, 99999)
 NOISE = {1442: (0.1064, 0.0823, 0.8351), 88: (0.1057, 0.0817, 0.7881), 99999: (0.1053, 0.0828, 0.8743)}
 TOPK_PUBLISHED = {"1": (0.806, None), "2": (0.502, 0.568), "3": (0.342, 0.405), "5": (0.209, 0.248)}
-REF_CMD = "ffnlens eval --report --prompts N --thresholds reference"
+REF_CMD = "ffnlens eval --report --thresholds reference"
 
 
 def card(info: dict | None) -> dict:
@@ -55,7 +55,7 @@ def headline_rows(summary: dict, arrays: dict, H: np.ndarray) -> list:
     neighbour sets were), top-k agreement in order and as sets."""
     g, N = "evaluation (reference settings)", len(H)
     h = summary["hellinger"]
-    how = f"{REF_CMD}: Hellinger distance to the model's softmax over {N:,} pool prompts"
+    how = f"{REF_CMD} --prompts {N}: the approximation against the model's softmax"
     out = [row("H mean", 0.1677, h["mean"], how, group=g, tol=0.01, reason=RUN),
            row("H std", 0.1215, h["std"], how, group=g, tol=0.01, reason=RUN),
            row("H min", 0.0013, h["min"], how, group=g, tol=0.01, reason=SAMPLE),
@@ -169,7 +169,8 @@ def prompt_rows(engine: Engine, rows: np.ndarray, P: np.ndarray, H: np.ndarray, 
         out.append(row(f"{label}: count", scaled(pub_n, N), n, how, group=g, tol=count_tol(pub_n, N),
                        published_text=f"{pub_n:,}", reason=RUN))
         out.append(row(f"{label.split(' (')[0]}: top-1", pub_t, t1, how, group=g,
-                       tol=share_tol(pub_t, max(n, 1)), fmt="{:.3f}", reason=RUN))
+                       tol=share_tol(pub_t, max(n, 1)), fmt="{:.3f}", reason=RUN,
+                       verdict=None if n else "not computed: no such prompt here"))
     seen, n_train = seen_mask(engine.store, rows)
     g = "seen and unseen"
     how = (f"seen: the prompt occurs in the training split (the first {n_train:,} characters, 90 %); "

@@ -114,7 +114,7 @@ def forward_rows(engine: Engine, ids: np.ndarray, P: np.ndarray, n: int | None) 
             row("residual stream norm (embedding → last block)", [0.95, 22.76],
                 [nc["embedding"], nc["resid"][-1]], how + "; the embedding (token + position) "
                 "against the stream after the last block", group=g, tol=0.2, kind="rel",
-                fmt="{:.2f}", reason=RUN, label="end"),
+                fmt="{:.2f}", reason=RUN, label=["embedding", "last block"]),
             row("cosine(attention, FFN)", [0.31, 0.10, 0.09, 0.04, 0.04, 0.09], nc["cos_attn_ffn"],
                 how, group=g, tol=0.05, fmt="{:.2f}", reason=RUN),
             row("cosine(FFN, block output)", [0.96, 0.72, 0.58, 0.47, 0.44, 0.58],

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 # Likely reasons for a difference, by kind of figure (said, never tuned away).
-RUN = ("another training run of the recipe (seed 1337 on a GPU with TF32, not the write-up's "
-       "checkpoint): models of the same recipe differ by H about 0.106 between seeds")
+RUN = ("another model than the write-up's checkpoint (at best the recipe retrained: its seeds "
+       "differ from each other by H about 0.106)")
 SIZES = ("a threshold is a cosine cut on this model's FFN outputs; another run spreads them "
          "differently, and set sizes grow steeply as the cut falls")
 SAMPLE = "a small sample: extremes and rare counts move with the prompts drawn"
@@ -48,8 +48,9 @@ def difference(p: float, o: float, kind: str) -> str:
 
 
 def judge(published, ours, tol, kind: str = "abs", reason: str | None = None,
-          label: str = "block") -> tuple[str, str]:
-    """(status, verdict) for a published value and ours (numbers, or lists of one per block)."""
+          label="block") -> tuple[str, str]:
+    """(status, verdict) for a published value and ours (numbers, or lists of one per block;
+    ``label`` names a list's elements: a word followed by the index, or a list of names)."""
     if ours is None:
         return "not computed", "not computed"
     if published is None or tol is None:
@@ -61,7 +62,8 @@ def judge(published, ours, tol, kind: str = "abs", reason: str | None = None,
                if o is None or not within(p, o, tol, kind)]
         if not bad:
             return "matches", f"matches ({tolerance_text(tol, kind)} each)"
-        text = ", ".join(f"{label} {i} ({difference(p, o, kind) if o is not None else 'none'})"
+        names = label if isinstance(label, (list, tuple)) else [f"{label} {i}" for i in range(len(ours))]
+        text = ", ".join(f"{names[i]} ({difference(p, o, kind) if o is not None else 'none'})"
                          for i, p, o in bad)
         return "differs", f"differs on {text}" + (f"; likely: {reason}" if reason else "")
     if within(float(published), float(ours), tol, kind):
@@ -90,7 +92,7 @@ def show(v, fmt: str = "{:.4f}") -> str:
 def row(figure: str, published, ours, how: str, *, group: str, tol=None, kind: str = "abs",
         reason: str | None = None, fmt: str = "{:.4f}", setting: str = "reference",
         published_text: str | None = None, ours_text: str | None = None,
-        status: str | None = None, verdict: str | None = None, label: str = "block") -> dict:
+        status: str | None = None, verdict: str | None = None, label="block") -> dict:
     """One row of the side-by-side table (see the module docstring); ``status``/``verdict`` given
     override the comparison (for figures compared by hand, e.g. top characters)."""
     st, vd = judge(published, ours, tol, kind, reason, label)
@@ -129,7 +131,7 @@ def top_verdict(published: list, ours: list, tol: float = 0.05) -> tuple[str, st
     """(status, verdict) for two top-k lists of (character, probability): the same characters in
     the same order, each probability within ``tol``."""
     if [c for c, _ in published] != [c for c, _ in ours]:
-        return "differs", ("differs in order: " + " ".join(c for c, _ in ours).replace("\n", "\\n")
+        return "differs", ("differs in order: " + " ".join(repr(c) for c, _ in ours)
                            + f"; likely: {RUN}")
     worst = max(abs(p - o) for (_, p), (_, o) in zip(published, ours))
     if worst <= tol:

@@ -79,7 +79,7 @@ class ReproductionOptions:
     test split of the re-tuned and calibrated thresholds; ``long_prompts`` / ``long_length`` /
     ``long_threshold``: validation windows read in context, the last block alone."""
     model_info: dict = field(default_factory=dict)
-    forward_prompts: int | None = 5000
+    forward_prompts: int | None = 2000
     sweep_prompts: int = 500
     test_prompts: int = 2000
     long_prompts: int = 500
