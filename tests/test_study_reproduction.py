@@ -152,3 +152,13 @@ def test_reproduction_section_renders_from_a_micro_report(engine, workspace, tmp
     write_report(tmp_path / "plain", plain, pf)
     assert 'id="reproduction-table"' not in (tmp_path / "plain" / "report.html").read_text()
     assert reproduction.main([str(tmp_path / "plain")]) == 1
+
+
+def test_no_reproduction_flag_reaches_the_report_options():
+    from app.cli import build_parser
+    from app.study.eval_report import EvalReportOptions
+
+    args = build_parser().parse_args(["eval", "--report", "out", "--no-reproduction"])
+    assert args.no_reproduction is True
+    assert build_parser().parse_args(["eval", "--report", "out"]).no_reproduction is False
+    assert EvalReportOptions().reproduction is True

@@ -192,7 +192,7 @@ def block_rows(engine: Engine, rows: np.ndarray, P: np.ndarray, ref: QuerySettin
     the next prompts, the test split, beside the reference thresholds on the same prompts)."""
     g = "thresholds"
     n_s = min(o.sweep_prompts, len(rows))
-    sweep = block_alone_sweep(engine, rows[:n_s], P[:n_s], ref.thresholds, o.batch_size)
+    sweep = block_alone_sweep(engine, rows[:n_s], P[:n_s], ref.thresholds)
     how = (f"each block's neighbours alone on the first {n_s} prompts, thresholds from the "
            "reference's - 0.04 to + 0.03 in steps of 0.002 (app/study/repro_measures.py)")
     best = [b["best"] for b in sweep]

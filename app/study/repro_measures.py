@@ -114,7 +114,7 @@ def threshold_grid(t: float, below: float = 0.04, above: float = 0.03, step: flo
     return [round(float(v), 4) for v in vals if -1.0 <= v < 1.0]
 
 
-def block_alone_sweep(engine: Engine, rows: np.ndarray, P: np.ndarray, centres, batch: int = 256) -> list:
+def block_alone_sweep(engine: Engine, rows: np.ndarray, P: np.ndarray, centres, batch: int = 32) -> list:
     """Each block's neighbours alone (their follow-on counts, normalised) against the model on the
     prompts ``rows`` (P: their model distributions), over a grid of thresholds around ``centres``
     (one per block). One search per block and batch at the grid's lowest threshold; the sets of
@@ -126,7 +126,7 @@ def block_alone_sweep(engine: Engine, rows: np.ndarray, P: np.ndarray, centres, 
     grids = [threshold_grid(c) for c in centres]
     counts = [np.zeros((len(g), N, V)) for g in grids]
     sizes = [np.zeros((len(g), N), np.int64) for g in grids]
-    for a in range(0, N, batch):
+    for a in range(0, N, batch):  # small batches: a low threshold can admit much of the pool
         _, ffn = engine.forward(ids[a:a + batch])
         B = ffn.shape[1]
         for b in range(L):
