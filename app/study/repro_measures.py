@@ -15,7 +15,7 @@ from model.gpt import Intervention, Trace
 from ..approx import Engine, QuerySettings, blend_or_unigram
 from ..corpus import TRAIN_FRACTION
 from ..metrics import agreement_arrays, hellinger, ranking
-from ..search import unit
+from ..search import ExactSearch, unit
 from .evaluation import block_counts
 from .prompts import prompt_ids
 
@@ -114,23 +114,25 @@ def threshold_grid(t: float, below: float = 0.04, above: float = 0.03, step: flo
     return [round(float(v), 4) for v in vals if -1.0 <= v < 1.0]
 
 
-def block_alone_sweep(engine: Engine, rows: np.ndarray, P: np.ndarray, centres, batch: int = 32) -> list:
+def block_alone_sweep(engine: Engine, rows: np.ndarray, P: np.ndarray, centres, batch: int = 128) -> list:
     """Each block's neighbours alone (their follow-on counts, normalised) against the model on the
     prompts ``rows`` (P: their model distributions), over a grid of thresholds around ``centres``
-    (one per block). One search per block and batch at the grid's lowest threshold; the sets of
-    the higher thresholds are its members above them. -> per block {grid, mean_h, top1,
-    mean_size, best, best_h}."""
+    (one per block). One full scan (:class:`app.search.ExactSearch`: its cost does not grow as the
+    threshold falls, unlike a pruned search) per block and batch of ``batch`` prompts at the grid's
+    lowest threshold; the sets of the higher thresholds are its members above them. -> per block
+    {grid, mean_h, top1, mean_size, best, best_h}."""
     store = engine.store
     ids, _ = prompt_ids(store, rows)
     N, L, V = len(ids), store.n_layer, store.counts.vocab_size
+    scan = ExactSearch(store, engine.device)
     grids = [threshold_grid(c) for c in centres]
     counts = [np.zeros((len(g), N, V)) for g in grids]
     sizes = [np.zeros((len(g), N), np.int64) for g in grids]
-    for a in range(0, N, batch):  # small batches: a low threshold can admit much of the pool
+    for a in range(0, N, batch):  # batches: a low threshold can admit much of the pool
         _, ffn = engine.forward(ids[a:a + batch])
         B = ffn.shape[1]
         for b in range(L):
-            qi, nb, sims = engine.search.batch_threshold(b, unit(ffn[b]), grids[b][0], None, sims=True)
+            qi, nb, sims = scan.batch_threshold(b, unit(ffn[b]), grids[b][0], None, sims=True)
             for j, t in enumerate(grids[b]):
                 keep = sims > t
                 counts[b][j, a:a + B] = store.counts.sum_rows_grouped(nb[keep], qi[keep], B)
