@@ -73,8 +73,10 @@ def headline_rows(summary: dict, arrays: dict, H: np.ndarray) -> list:
             + (f"; median set sizes {np.median(sizes, 0).astype(int).tolist()}" if high.any() else ""))
     out.append(row("neighbour sets of the prompts with H > 0.99", None, every, how, group=g,
                    published_text="all 8 had only themselves", ours_text=text,
-                   status="matches" if every == int(high.sum()) else "differs",
-                   verdict=("matches: every such prompt found only itself" if every == int(high.sum())
+                   status=("not computed" if not high.any() else
+                           "matches" if every == int(high.sum()) else "differs"),
+                   verdict=("not computed: no prompt lies above 0.99 here" if not high.any() else
+                            "matches: every such prompt found only itself" if every == int(high.sum())
                             else "differs: some found more than themselves; likely: " + RUN)))
     for k, (order, as_set) in TOPK_PUBLISHED.items():
         ours = summary["topk"][k]
