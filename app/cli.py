@@ -163,7 +163,8 @@ def _report(args, settings: Settings, ws, engine, qs) -> int:
 
     r = eval_report(settings, ws, engine, qs, EvalReportOptions(
         prompts=args.prompts, seed=args.seed, pool=args.pool, prompt_length=args.prompt_length,
-        backend=args.backend, out=args.report, progress=not args.quiet))
+        backend=args.backend, out=args.report, progress=not args.quiet,
+        reproduction=not args.no_reproduction))
     print(f"{r.label} report on {r.prompts:,} prompts written to {r.page}")
     for name, row in r.headline.items():
         print(f"  {name:<16} Hellinger mean {row['hellinger']['mean']:.4f}  top-1 {row['topk']['1']['order']:.3f}")
@@ -340,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the approximation with the n-gram, unigram and logit-lens baselines; with "
                         "--pool heldout, on validation strings absent from the pool, self-excluded "
                         "(default DIR: $FFNLENS_HOME/reports/STORE/MODE)")
+    e.add_argument("--no-reproduction", action="store_true",
+                   help="with --report on a 6-block model in reference mode: leave out the section "
+                        "that sets METHOD.md's published figures beside ours (interventions, traces, "
+                        "seed models, threshold sweeps: a few minutes on a CPU)")
     e.set_defaults(func=cmd_eval)
     return p
 

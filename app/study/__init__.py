@@ -14,7 +14,10 @@ study / web); it never imports the web. Modules, in the order the work runs:
 - ``report``: the sections assembled from :class:`~app.study.report.ReportOptions`;
 - ``charts`` (the report's figures, drawn with ``figures``), ``render`` (the HTML page),
   ``jsonable`` and ``storage`` (report.json and the files on disk);
-- ``eval_report``: ``ffnlens eval --report`` as one call, and where reports go (``reports_dir``).
+- ``eval_report``: ``ffnlens eval --report`` as one call, and where reports go (``reports_dir``);
+- ``reproduction``: METHOD.md's published figures beside ours, a section of a reference report
+  (its rows and verdicts in ``repro_rows``, grouped in ``repro_groups`` and ``repro_probes``,
+  measured by ``repro_measures``, drawn by ``repro_charts``).
 
 Calibration of a store's thresholds, which the workspace runs when it builds a store, lives
 below the study in :mod:`app.calibrate`.

@@ -9,6 +9,7 @@ from pathlib import Path
 from model.errors import FfnlensError
 
 from ..approx import Engine, QuerySettings
+from ..defaults import REFERENCE_DEPTH
 from ..settings import Settings
 from ..workspace import Workspace, about
 from .baselines.seeds import seed_models
@@ -16,6 +17,7 @@ from .baselines.siblings import sibling_baselines
 from .baselines.standard import standard_baselines
 from .prompts import heldout_prompts, reference_prompts
 from .report import ReportOptions, build_report
+from .reproduction import ReproductionOptions
 from .storage import write_report
 
 
@@ -29,7 +31,8 @@ class EvalReportOptions:
     ("reference": the pool's own strings; "heldout": validation strings absent from the pool, of
     ``prompt_length`` characters, default the pool strings'), the search ``backend`` ("auto" or a
     name, written into the permalinks), and ``out``, the report's folder (None or "": the store's
-    reports folder, one subfolder per mode)."""
+    reports folder, one subfolder per mode); ``reproduction``: in reference mode on a 6-block
+    model, add METHOD.md's published figures side by side with ours."""
     prompts: int = 2000
     seed: int = 1337
     pool: str = "reference"
@@ -37,6 +40,7 @@ class EvalReportOptions:
     backend: str = "auto"
     out: str | Path | None = None
     progress: bool = True
+    reproduction: bool = True
 
 
 @dataclass
@@ -90,10 +94,13 @@ def eval_report(settings: Settings, ws: Workspace, engine: Engine, qs: QuerySett
     baselines = standard_baselines(engine.model, text, len(engine.tok), engine.device)
     baselines.update(seed_models(ws, engine.device))
     baselines.update(sibling_baselines(settings, ws, qs))
+    repro = None
+    if options.reproduction and options.pool != "heldout" and store.n_layer == REFERENCE_DEPTH:
+        repro = ReproductionOptions(model_info=ws.model_info, seed=options.seed)
     report, figures = build_report(engine, prompts, qs, baselines, options=ReportOptions(
         mode_label=label, about=about(ws, engine), progress=options.progress,
         backend=None if options.backend == "auto" else options.backend,
-        extra={"seed": options.seed, "prompt_length": length}))
+        extra={"seed": options.seed, "prompt_length": length}, reproduction=repro))
     out = Path(options.out) if options.out else reports_dir(settings, ws.store_dir) / label
     page = write_report(out, report, figures)
     return EvalReport(label, len(prompts), page, report["headline"])

@@ -36,6 +36,7 @@ from .jsonable import to_jsonable
 from .methods import APPROX, method_colors, method_distributions
 from .neighbours import neighbour_stats
 from .prompts import prompt_ids
+from .reproduction import ReproductionOptions, reproduction_section
 from .strata import strata
 from .sweep import sweep_section
 from .verdicts import report_notes, verdicts
@@ -54,7 +55,8 @@ class ReportOptions:
     default values around its threshold); ``n_interesting``: prompts per group; ``published``:
     show METHOD.md's published figures (default: when the mode starts with "reference");
     ``extra``: any more JSON to keep; ``single_blocks``: add each block's own neighbours alone as a
-    method ("block-b-alone")."""
+    method ("block-b-alone"); ``reproduction``: add METHOD.md's published figures side by side
+    with ours (:mod:`app.study.reproduction`; pool-row prompts only)."""
     mode_label: str = "reference"
     base_url: str = "/"
     about: dict | None = None
@@ -71,6 +73,7 @@ class ReportOptions:
     published: bool | None = None
     extra: dict | None = None
     single_blocks: bool = True
+    reproduction: ReproductionOptions | None = None
 
 
 def report_meta(engine: Engine, ev: dict, options: ReportOptions, in_pool: float) -> dict:
@@ -136,6 +139,11 @@ def build_report(engine: Engine, prompts, settings: QuerySettings | None = None,
     inter = interesting(texts, head.H[APPROX], P, dists, s, o.base_url, o.n_interesting,
                         engine.tok.chars, QuerySettings().resolved(store), o.backend,
                         rival="ngram" if "ngram" in head.rivals else head.best_rival)
+    repro, repro_figs = None, {}
+    if o.reproduction is not None and np.asarray(prompts).ndim == 1:
+        seeds = {m: d for m, d in dists.items() if m.startswith("seed-")}
+        repro, repro_figs = reproduction_section(engine, prompts, s, arr, seeds, fit.to_json(),
+                                                 o.reproduction)
     show_pub = o.mode_label.lower().startswith("reference") if o.published is None else o.published
     report = {
         "title": f"ffnlens evaluation report: {o.mode_label}",
@@ -149,6 +157,7 @@ def build_report(engine: Engine, prompts, settings: QuerySettings | None = None,
         "published": PUBLISHED if show_pub else None,
         "per_prompt": _per_prompt(texts, head, P, arr["sizes"]),
         "extra": o.extra or {},
+        "reproduction": repro,
     }
-    return to_jsonable(report), make_figures(report, head.H)
+    return to_jsonable(report), {**make_figures(report, head.H), **repro_figs}
 
