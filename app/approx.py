@@ -157,11 +157,13 @@ class Engine:
         the activations searched are those of the intervened model."""
         s = (settings or QuerySettings()).resolved(self.store)
         ids = self.encode(prompt)
+        if intervention:
+            try:
+                intervention.check(self.model.cfg.n_layer)
+            except ValueError as e:  # it names blocks the model does not have
+                raise QueryError(str(e)) from e
         t0 = time.perf_counter()
-        try:
-            probs, ffn = self.forward(ids, intervention)
-        except ValueError as e:  # an intervention naming blocks the model does not have
-            raise QueryError(str(e)) from e
+        probs, ffn = self.forward(ids, intervention)
         q = unit(ffn)
         t1 = time.perf_counter()
         self_row = self.store.find(ids[-self.store.pool.n :])
