@@ -246,6 +246,24 @@ def seal_index(path: Path, files: IndexFiles, info: dict) -> None:
     _write_json(mpath, manifest)
 
 
+def retire_index(path: Path, key: str) -> None:
+    """Take a derived index out of the store at ``path`` before it is rebuilt: its manifest entry
+    and the entries of its files (named ``{key}_*``) go first, atomically, then the files; so an
+    interruption leaves a store that opens without the index (and ``ffnlens index`` adds it),
+    never one whose manifest describes files that were half replaced."""
+    mpath = path / MANIFEST
+    manifest = json.loads(mpath.read_text())
+    names = [n for n in manifest["files"] if n.startswith(key + "_")]
+    if key not in manifest and not names:
+        return
+    manifest.pop(key, None)
+    for n in names:
+        del manifest["files"][n]
+    _write_json(mpath, manifest)
+    for n in names:
+        (path / n).unlink(missing_ok=True)
+
+
 def finalize(part: Path, spec: StoreSpec, model_cfg: dict, vocab: str, extra: dict,
              indexes=()) -> Path:
     """Hash the files, write the manifest, and move ``part`` into place atomically. ``indexes``

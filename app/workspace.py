@@ -23,10 +23,10 @@ from .approx import Engine
 from .corpus import DEFAULT_CORPUS, Corpus, CorpusError, load_corpus
 from .calibrate import calibrate_thresholds
 from .search import index_files, make_search
-from .search.bound import DEFAULT_RANK, add_bound, seal_bound
+from .search.bound_build import add_bound, seal_bound
 from .search.ivf import build_ivf, seal_ivf
 from .settings import Settings
-from .store import StoreError, StoreSpec, build_store, finalize, open_store
+from .store import StoreError, StoreSpec, build_store, finalize, open_store, retire_index
 
 
 @dataclass
@@ -157,18 +157,20 @@ def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
     st = _open_partial(part, ws)
     engine = Engine(ws.model, ws.tok, st, make_search(st, "exact", ws.device), ws.device)
     defaults = calibrate_thresholds(engine, n_prompts=calibration_prompts, progress=progress)
-    extra = {"defaults": defaults, "bound": bound_index(part, progress)}
+    extra = {"defaults": defaults,
+             "bound": bound_index(part, progress, defaults.get("thresholds"))}
     if ivf_kind:
         extra["ivf"] = ivf_index(part, ivf_kind, progress)
     return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, extra,
                     index_files(ws.model.cfg.n_layer))
 
 
-def bound_index(path: Path, progress: bool = True) -> dict:
-    """Write the bound index beside the vectors at ``path``; returns its manifest entry."""
+def bound_index(path: Path, progress: bool = True, thresholds=None) -> dict:
+    """Write the bound index beside the vectors at ``path`` (its ranks priced at the calibrated
+    ``thresholds`` too, when given); returns its manifest entry."""
     t0 = time.time()
-    add_bound(path, rank=DEFAULT_RANK, progress=progress)
-    return {"rank": DEFAULT_RANK, "seconds": round(time.time() - t0, 1)}
+    info = add_bound(path, thresholds=thresholds, progress=progress)
+    return {**info, "seconds": round(time.time() - t0, 1)}
 
 
 def ivf_index(path: Path, kind: str, progress: bool = True) -> dict:
@@ -192,8 +194,10 @@ def add_missing_indexes(ws: Workspace, ivf_kind: str | None, progress: bool = Tr
             continue
         except StoreError:
             pass
+        retire_index(ws.store_dir, name)  # a present but unfit index leaves before it is rebuilt
         if name == "bound":
-            seal_bound(ws.store_dir, bound_index(ws.store_dir, progress))
+            thresholds = st.manifest.get("defaults", {}).get("thresholds")
+            seal_bound(ws.store_dir, bound_index(ws.store_dir, progress, thresholds))
         else:
             seal_ivf(ws.store_dir, ivf_index(ws.store_dir, ivf_kind, progress))
         added.append(name)

@@ -7,7 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from app.search import ExactSearch
-from app.search.bound import BoundSearch, fit_basis, project
+from app.search.bound import BoundSearch
+from app.search.bound_build import fit_index
 from app.store import Store
 
 
@@ -21,10 +22,7 @@ def make_store(unit: np.ndarray) -> Store:
 def bound_for(store: Store, k: int, gather_cost: float = 0) -> BoundSearch:
     """The bound backend over ``store`` at rank ``k``; by default the pruned plan always (the
     planner's switch to the scan off), so the equality tests exercise the pruning itself."""
-    L, P, C = store.unit.shape
-    basis = np.stack([fit_basis(store.unit[b], k) for b in range(L)])
-    proj, resid = zip(*(project(store.unit[b], basis[b]) for b in range(L)))
-    return BoundSearch(store, basis, np.stack(proj), np.stack(resid), gather_cost=gather_cost)
+    return BoundSearch(store, fit_index(store.unit, [k] * store.n_layer), gather_cost=gather_cost)
 
 
 def unit_rows(x):
@@ -198,7 +196,7 @@ def test_the_device_plan_equals_the_full_scan():
     x = rng.normal(size=(L, P, r)) @ rng.normal(size=(r, C)) + 0.05 * rng.normal(size=(L, P, C))
     store = make_store(unit_rows(x))
     cpu = bound_for(store, 8)
-    dev = DeviceBoundSearch(store, cpu.index.basis, cpu.index.proj, cpu.index.resid, "cpu")
+    dev = DeviceBoundSearch(store, cpu.index, "cpu")
     full = ExactSearch(store)
     Q = torch.from_numpy(store.unit[0, [0, 9, 77]].astype(np.float32))
     for q in Q:
@@ -250,3 +248,68 @@ def test_the_planner_scans_when_the_bound_cannot_prune():
     got = tight.topk(0, q, 10)
     assert got.stats.plan == "bound"
     same(full.topk(0, q, 10), got)
+
+
+def test_choose_rank_prices_the_ranks_by_what_they_leave():
+    """A block of rank-4 outputs (plus faint noise) is cheapest at the smallest rank that holds
+    them; a block whose outputs spread over every direction needs more. Each estimate is a mean
+    and a 95th percentile, as fractions of a full scan."""
+    from app.search.bound_build import choose_rank, fit_basis
+
+    rng = np.random.default_rng(11)
+    P, C = 4000, 64
+    low = unit_rows(rng.normal(size=(P, 4)) @ rng.normal(size=(4, C)) + 1e-3 * rng.normal(size=(P, C)))
+    r, info = choose_rank(low.astype(np.float16), fit_basis(low, 48), ranks=(4, 16, 48), queries=32)
+    assert r == 4
+    assert set(info["cost_vs_scan"]) == {4, 16, 48}
+    mean, p95 = info["cost_vs_scan"][4]
+    assert 0 < mean <= p95 < 1
+    spread = unit_rows(rng.normal(size=(P, 24)) @ rng.normal(size=(24, C)) + 0.1 * rng.normal(size=(P, C)))
+    r, _ = choose_rank(spread.astype(np.float16), fit_basis(spread, 48), ranks=(2, 24, 48), queries=32)
+    assert r == 24
+
+
+def test_ranks_differ_by_block_and_answers_stay_exact():
+    """An index whose blocks have different ranks (the table's rows per block differ) answers as
+    the full scan does in every block, single and batch."""
+    rng = np.random.default_rng(12)
+    L, P, C = 3, 1500, 24
+    x = unit_rows(rng.normal(size=(L, P, 6)) @ rng.normal(size=(6, C)) + 0.05 * rng.normal(size=(L, P, C)))
+    store = make_store(x)
+    bound = BoundSearch(store, fit_index(store.unit, [2, 6, 12]), gather_cost=0)
+    assert bound.index.table.shape == (3 + 7 + 13, P)
+    full = ExactSearch(store)
+    Q = torch.from_numpy(unit_rows(x[:, [5, 50, 500]].mean(0)).astype(np.float32))
+    for b in range(L):
+        check_batches(full, bound, b, Q, (0.95, 0.5), (1, 40))
+        for q in Q:
+            same_threshold(full, bound, b, q, 0.9)
+            same(full.topk(b, q, 25, exclude=5), bound.topk(b, q, 25, exclude=5))
+
+
+def test_an_older_bound_layout_is_refused_and_rebuilt_alone(workspace, engine):
+    """A store whose bound index has layout 1 (one rank, residual norms in their own file) opens
+    without it, with a message naming the fix; ``add_missing_indexes`` retires the old files from
+    the manifest first, then adds the new index, and the store's vectors are untouched."""
+    import json
+
+    from app.search import make_search
+    from app.store import StoreError, open_store
+    from app.workspace import add_missing_indexes
+
+    path = workspace.store_dir
+    mpath = path / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    before = {n: m for n, m in manifest["files"].items() if not n.startswith("bound_")}
+    manifest["bound"].pop("layout")
+    (path / "bound_resid.npy").write_bytes(b"old")
+    manifest["files"]["bound_resid.npy"] = {"bytes": 3}
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="older layout.*ffnlens index"):
+        make_search(open_store(path, workspace.spec), "bound")
+    assert add_missing_indexes(workspace, None, progress=False) == ["bound"]
+    after = json.loads(mpath.read_text())
+    assert not (path / "bound_resid.npy").exists() and "bound_resid.npy" not in after["files"]
+    assert after["bound"]["layout"] == 2 and len(after["bound"]["ranks"]) == engine.store.n_layer
+    assert {n: m for n, m in after["files"].items() if not n.startswith("bound_")} == before
+    make_search(open_store(path, workspace.spec), "bound")

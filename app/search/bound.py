@@ -1,16 +1,21 @@
 """Exact search that reads a fraction of the store: a provable upper bound prunes, float32 decides.
 
-FFN outputs are close to low-rank. Per block, index time fits k orthonormal directions U (the top
+FFN outputs are close to low-rank. Per block, index time fits r orthonormal directions U (the top
 right-singular vectors of a sample of the stored unit vectors) and keeps, for every string, its
-projection x_p = U^T x and its residual norm |x - U x_p|, in float32, the projections stored
-direction by direction (k rows of P values) so that the bound is k streaming passes. For a unit query q
-with projection q_p and residual norm |q_r|, Cauchy-Schwarz gives
+projection x_p = U^T x and its residual norm |x - U x_p|, in float32: one table of r + 1 rows of P
+values per block (the projections direction by direction, then the residual norms), so that the
+bound is one streaming matrix-vector product. For a unit query q with projection q_p and residual
+norm |q_r|, Cauchy-Schwarz gives
 
-    q . x  =  q_p . x_p + q_r . x_r  <=  q_p . x_p + |q_r| |x_r|
+    q . x  =  q_p . x_p + q_r . x_r  <=  q_p . x_p + |q_r| |x_r|  =  [q_p, |q_r|] . [x_p, |x_r|]
 
 so every string whose bound stays at or below the threshold (minus a margin for rounding, below)
 is discarded with certainty; the rest get the exact float32 product. Answers are identical to
-the full float32 scan, reading k/C of the vector bytes plus the survivors.
+the full float32 scan, reading (r + 1) / (C / 2) of the vector bytes plus the survivors.
+
+The rank is chosen per block, by measurement (``choose_rank`` in :mod:`app.search.bound_build`,
+which also fits the directions and writes the files): a block whose outputs spread over many
+directions needs more of them before the bound separates, a low-rank block fewer.
 
 Rounding margin: everything is float32 on the stored float16 vectors (exactly representable in
 float32). The computed bound differs from the exact-arithmetic one by float32 rounding in x_p,
@@ -20,44 +25,44 @@ off by as much again. BOUND_MARGIN = 1e-4 covers both with room to spare; the te
 The same holds for the lower side, q_p . x_p - |q_r| |x_r| <= q . x, with which the threshold
 search accepts strings without computing their products: a string is taken unseen only when its
 lower bound clears the threshold by the margin.
-(Float16 projections would halve the bytes, but torch's float16 matrix-vector product on the CPU
-is compute-bound at this shape: measured 18 ms for 823k x 32 against 5 ms in float32 here.)
+(Float16 tables would halve the bytes, but torch's float16 matrix-vector product on the CPU is
+compute-bound at this shape: measured 11-13 ms for 859k x 32-96 against 2.7 ms for numpy's
+float32 at rank 32 and 4.8 ms at rank 64 here.)
 
 Plans, chosen once when the backend opens (``open_bound``): on the CPU, ``BoundSearch`` prunes
-single queries and batches alike; on an accelerator, ``DeviceBoundSearch`` holds the projections
+single queries and batches alike; on an accelerator, ``DeviceBoundSearch`` holds the tables
 there and prunes single queries, while batches run the full scan on the device. Both hold an
 ``ExactSearch`` (``scan``) that computes every float32 similarity they return.
 
-Files (float32): ``bound_basis.npy`` (L, C, k), ``bound_proj.npy`` (L, k, P), ``bound_resid.npy``
-(L, P); written by ``add_bound``, recorded in the manifest by ``seal_bound`` (or by the store's
-``finalize``, given ``index_files``), checked by ``open_bound``.
+Files (float32): ``bound_basis.npy`` (L, C, max rank; block b uses its first r_b columns) and
+``bound_proj.npy`` (sum of r_b + 1, P): block b's table is its r_b + 1 rows; written by
+``bound_build.add_bound``, recorded in the manifest (``bound``: layout, ranks, the estimates) by
+``bound_build.seal_bound`` (or by the store's ``finalize``, given ``index_files``), checked by
+``open_bound``.
 """
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..store import IndexFiles, Store, seal_index
+from ..store import IndexFiles, Store, StoreError
 from .base import (IndexCheck, Neighbours, SearchStats, as_tensor, batch_output, best_of,
                    clamp_topk, empty, mask_excluded, record)
 from .exact import ExactSearch
 
 BOUND_MARGIN = 1e-4
-DEFAULT_RANK = 32
+LAYOUT = 2  # one table per block, its rank chosen by measurement (1: one rank, separate residuals)
 # The planner: deciding a candidate exactly gathers its row (random access), which costs about
 # GATHER_COST times what streaming one row costs in the full float16 scan; when the bound leaves
 # more than P / GATHER_COST candidates to decide, the block is scanned instead, so a block never
-# costs much more than the scan (the bound's own pass, k + 1 float32 values a row, is the most
+# costs much more than the scan (the bound's own pass, r + 1 float32 values a row, is the most
 # lost). Measured by bench/search.py's planner line here (2 cores shared with other jobs): 3.9-4.5
 # on blog's block 3 (858,923 x 384), 6.3-8.5 on tiny's (823k x 128).
 GATHER_COST = 4
 SMALL = ("bound_basis.npy",)  # hashed in the manifest
-BIG = ("bound_proj.npy", "bound_resid.npy")
+BIG = ("bound_proj.npy",)
 CHECK = IndexCheck("bound", made="fitted to", add="run `ffnlens index` to add it",
-                   rebuild="run `ffnlens index --force` to rebuild it")
+                   rebuild="run `ffnlens index` to rebuild it (the bound index only)")
 
 
 def index_files(n_layer: int) -> IndexFiles:
@@ -65,72 +70,53 @@ def index_files(n_layer: int) -> IndexFiles:
     return IndexFiles("bound", SMALL + BIG, hashed=SMALL)
 
 
-def fit_basis(unit: np.ndarray, k: int, sample: int = 20000, seed: int = 0) -> np.ndarray:
-    """(C, k) orthonormal directions holding most of the energy of the rows of ``unit``."""
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(unit), min(sample, len(unit)), replace=False))
-    X = torch.from_numpy(np.asarray(unit[rows], dtype=np.float32))
-    _, _, Vh = torch.linalg.svd(X, full_matrices=False)
-    return Vh[: min(k, X.shape[1])].T.contiguous().numpy()
-
-
-def project(unit: np.ndarray, basis: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Projections (k, P) and residual norms (P,), float32, of the stored float16 vectors."""
-    U = torch.from_numpy(basis)
-    P = len(unit)
-    proj = np.empty((basis.shape[1], P), dtype=np.float32)
-    resid = np.empty(P, dtype=np.float32)
-    for s in range(0, P, chunk):
-        X = torch.from_numpy(np.asarray(unit[s : s + chunk], dtype=np.float32))
-        xp = X @ U
-        r = (X - xp @ U.T).norm(dim=1)
-        proj[:, s : s + chunk] = xp.T.numpy()
-        resid[s : s + chunk] = r.numpy()
-    return proj, resid
-
-
 class BoundIndex:
-    """The bound's arrays for every block, and the bounds they give on the CPU."""
+    """The bound's tables for every block, and the bounds they give on the CPU."""
 
-    def __init__(self, basis: np.ndarray, proj: np.ndarray, resid: np.ndarray):
-        self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (L, C, k)
-        self.proj, self.resid = proj, resid  # (L, k, P) and (L, P) float32, memory-mapped
+    def __init__(self, basis: np.ndarray, ranks, table: np.ndarray):
+        self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (L, C, max rank)
+        self.ranks = [int(r) for r in ranks]
+        self.offsets = np.concatenate([[0], np.cumsum([r + 1 for r in self.ranks])]).tolist()
+        self.table = table  # (sum of r_b + 1, P) float32, memory-mapped
 
-    def block_bytes(self) -> int:
-        """Bytes of one block's projections and residual norms: one pass of the bound reads them."""
-        _, k, P = self.proj.shape
-        return 4 * (k + 1) * P
+    def block(self, b: int) -> np.ndarray:
+        """Block b's table (r_b + 1, P): projections, then residual norms."""
+        return self.table[self.offsets[b] : self.offsets[b + 1]]
 
-    def query_parts(self, b: int, q: torch.Tensor) -> tuple[np.ndarray, np.float32]:
-        """The unit query's projection (k,) and residual norm, float32."""
+    def block_bytes(self, b: int) -> int:
+        """Bytes of one block's table: one pass of the bound reads them."""
+        return 4 * (self.offsets[b + 1] - self.offsets[b]) * self.table.shape[1]
+
+    def query_vec(self, b: int, q: torch.Tensor) -> np.ndarray:
+        """The unit query's side of the bound, (r_b + 1,) float32: projection, residual norm."""
         qn = q.detach().cpu().numpy().astype(np.float32)
-        qp = self.basis[b].T @ qn
-        return qp, np.float32(np.linalg.norm(qn - self.basis[b] @ qp))
+        U = self.basis[b, :, : self.ranks[b]]
+        qp = U.T @ qn
+        return np.append(qp, np.float32(np.linalg.norm(qn - U @ qp))).astype(np.float32)
 
-    def cpu_bounds(self, b: int, qp: np.ndarray, qr: np.float32) -> tuple[np.ndarray, np.ndarray]:
-        """(P,) upper bounds on the CPU, and the residual term |q_r| |x_r| in them (the bound's
-        lower side is the upper one less twice that term)."""
-        slack = qr * self.resid[b]
-        ub = qp @ self.proj[b]  # k streaming passes over P float32 values
-        ub += slack
-        return ub, slack
+    def cpu_bounds(self, b: int, qv: np.ndarray) -> np.ndarray:
+        """(P,) upper bounds on the CPU: one streaming product over the block's table."""
+        return qv @ self.block(b)
+
+    def slack(self, b: int, qv: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The residual term |q_r| |x_r| of the given rows' bounds (their lower bounds are the
+        upper ones less twice it)."""
+        return qv[-1] * self.block(b)[-1, rows]
 
     def batch_parts(self, b: int, Q: torch.Tensor):
-        """Unit queries (B, C) -> float32 CPU queries, their projections (B, k), residual norms (B,),
-        and the block's projections (k, P) and residual norms (P,) as tensors."""
+        """Unit queries (B, C) -> float32 CPU queries, their side of the bound (B, r_b + 1), and
+        the block's table (r_b + 1, P) as a tensor."""
         Q = Q.detach().to("cpu", torch.float32).contiguous()
-        U = torch.from_numpy(self.basis[b])
+        U = torch.from_numpy(self.basis[b, :, : self.ranks[b]])
         Qp = Q @ U
-        qr = (Q - Qp @ U.T).norm(dim=1)
-        return Q, Qp, qr, as_tensor(self.proj[b]), as_tensor(self.resid[b])
+        Qv = torch.cat([Qp, (Q - Qp @ U.T).norm(dim=1, keepdim=True)], 1)
+        return Q, Qv, as_tensor(self.block(b))
 
     @staticmethod
-    def chunk_bounds(Qp, qr, proj, resid, chunk: int):
+    def chunk_bounds(Qv, T, chunk: int):
         """(start, (B, chunk) upper bounds) for each chunk of the pool: the batch form of the bound."""
-        for s in range(0, proj.shape[1], chunk):
-            ub = Qp @ proj[:, s : s + chunk]
-            ub += qr[:, None] * resid[None, s : s + chunk]
-            yield s, ub
+        for s in range(0, T.shape[1], chunk):
+            yield s, Qv @ T[:, s : s + chunk]
 
 
 def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tensor, k: int,
@@ -170,37 +156,37 @@ class BoundSearch:
 
     name = "bound"
 
-    def __init__(self, store: Store, basis: np.ndarray, proj: np.ndarray, resid: np.ndarray,
-                 device: str = "cpu", gather_cost: float = GATHER_COST):
-        self.store, self.device = store, device
-        self.index = BoundIndex(basis, proj, resid)
+    def __init__(self, store: Store, index: BoundIndex, device: str = "cpu",
+                 gather_cost: float = GATHER_COST):
+        self.store, self.device, self.index = store, device, index
         self.scan = ExactSearch(store, device)
         self.gather_cost = gather_cost  # 0: never switch to the scan (the pruned plan always)
 
     def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
         """(P,) float32 upper bounds of q . x, valid to within BOUND_MARGIN."""
-        return torch.from_numpy(self.index.cpu_bounds(b, *self.index.query_parts(b, q))[0])
+        return torch.from_numpy(self.index.cpu_bounds(b, self.index.query_vec(b, q)))
 
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
         """As the full scan's, and the same answer. The bound's lower side, q_p . x_p - |q_r| |x_r|,
         proves many strings qualify without their product (87 % of block 5's on blog-cpu, where
         the sets reach 100,000): their similarities are computed only when the answer is ordered
         or its first strings are shown (see Neighbours)."""
-        ub, slack = self.index.cpu_bounds(b, *self.index.query_parts(b, q))
+        qv = self.index.query_vec(b, q)
+        ub = self.index.cpu_bounds(b, qv)
         cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
         if exclude is not None:
             cand = cand[cand != exclude]
         hi = ub[cand]
-        lo = hi - 2 * slack[cand]
+        lo = hi - 2 * self.index.slack(b, qv, cand)
         sure = lo > np.float32(thr + BOUND_MARGIN)
         test = cand[~sure]
         if len(test) * self.gather_cost > self.store.size:  # the bound cannot prune enough: scan
             nb = self.scan.threshold(b, q, thr, exclude)
             nb.stats = record(None, "bound->scan", nb.stats.candidates,
-                              self.index.block_bytes() + nb.stats.bytes_read)
+                              self.index.block_bytes(b) + nb.stats.bytes_read)
             return nb
         stats = record(None, "bound", len(cand),
-                       self.index.block_bytes() + len(cand) * self.scan.row_bytes())
+                       self.index.block_bytes(b) + len(cand) * self.scan.row_bytes())
         s = self.scan.exact(b, torch.from_numpy(test), q).numpy()
         keep = s > thr
         rows = np.concatenate([test[keep], cand[sure]]).astype(np.int64)
@@ -215,20 +201,20 @@ class BoundSearch:
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         """See ``topk_from_bounds``."""
         return topk_from_bounds(self.scan, b, q, self.bounds(b, q), k, exclude, "bound",
-                                self.index.block_bytes(), self.gather_cost)
+                                self.index.block_bytes(b), self.gather_cost)
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
                         exclude: torch.Tensor | None = None, sims: bool = True,
                         stats: SearchStats | None = None) -> tuple:
-        """As ExactSearch.batch_threshold, from the bound: one (B, k) x (k, chunk) product per chunk
-        instead of (B, C) x (C, chunk), then exact products for the surviving pairs only; with
-        ``sims=False``, only for the pairs the lower bound does not already prove (their
+        """As ExactSearch.batch_threshold, from the bound: one (B, r + 1) x (r + 1, chunk) product
+        per chunk instead of (B, C) x (C, chunk), then exact products for the surviving pairs only;
+        with ``sims=False``, only for the pairs the lower bound does not already prove (their
         similarities are then None)."""
-        Q, Qp, qr, proj, resid = self.index.batch_parts(b, Q)
+        Q, Qv, T = self.index.batch_parts(b, Q)
         cut = thr - BOUND_MARGIN
         qis, rws, ubs = [], [], []
-        for s, ub in self.index.chunk_bounds(Qp, qr, proj, resid, self.scan.chunk):
+        for s, ub in self.index.chunk_bounds(Qv, T, self.scan.chunk):
             i, j = torch.nonzero(ub > cut, as_tuple=True)
             qis.append(i)
             rws.append(j + s)
@@ -237,12 +223,12 @@ class BoundSearch:
         qi, rows = torch.cat(qis), torch.cat(rws)
         sure = torch.zeros(len(rows), dtype=torch.bool)
         if not sims:
-            lo = torch.cat(ubs) - 2 * qr[qi] * resid[rows]
+            lo = torch.cat(ubs) - 2 * Qv[qi, -1] * T[-1, rows]
             sure = lo > thr + BOUND_MARGIN
         if exclude is not None:
             keep = rows != exclude.to(torch.long)[qi]
             qi, rows, sure = qi[keep], rows[keep], sure[keep]
-        record(stats, "bound", len(rows), self.index.block_bytes() + len(rows) * self.scan.row_bytes())
+        record(stats, "bound", len(rows), self.index.block_bytes(b) + len(rows) * self.scan.row_bytes())
         test = ~sure
         exact = self.scan.pair_sims(b, Q, qi[test], rows[test])
         keep = exact > thr
@@ -255,18 +241,17 @@ class BoundSearch:
     def batch_topk(self, b: int, Q: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
                    stats: SearchStats | None = None) -> tuple[np.ndarray, ...]:
         """As ExactSearch.batch_topk, in rounds: each round reads, for every query still open, its
-        m best bounds from one pass over the projections and computes their exact products; a query
-        is answered once its (m+1)-th bound cannot beat its k-th exact similarity (ties included);
+        m best bounds from one pass over the table and computes their exact products; a query is
+        answered once its (m+1)-th bound cannot beat its k-th exact similarity (ties included);
         the others go to the next round with 4 m (at m = P every query is answered)."""
-        Q, Qp, qr, proj, resid = self.index.batch_parts(b, Q)
+        Q, Qv, T = self.index.batch_parts(b, Q)
         B, P = Q.shape[0], self.store.size
         ex = torch.full((B,), -1, dtype=torch.long) if exclude is None else exclude.to(torch.long).cpu()
         answers, n_cand, rounds = [], 0, 0
         pending = torch.arange(B)
         m = min(P, max(4 * k, k + 256))
         while len(pending):
-            done = self._topk_round(b, Q[pending], Qp[pending], qr[pending], proj, resid, k, m,
-                                    ex[pending])
+            done = self._topk_round(b, Q[pending], Qv[pending], T, k, m, ex[pending])
             rounds += 1
             for j, nb in done.items():
                 answers.append((int(pending[j]), nb))
@@ -276,17 +261,17 @@ class BoundSearch:
             if len(pending) and m == P:
                 raise AssertionError("a top-k round over the whole pool left queries open")
             m = min(P, 4 * m)
-        record(stats, "bound", n_cand, rounds * self.index.block_bytes() + n_cand * self.scan.row_bytes())
+        record(stats, "bound", n_cand, rounds * self.index.block_bytes(b) + n_cand * self.scan.row_bytes())
         return batch_output(sorted(answers, key=lambda a: a[0]))
 
-    def _topk_round(self, b, Q, Qp, qr, proj, resid, k: int, m: int, ex: torch.Tensor) -> dict:
+    def _topk_round(self, b, Q, Qv, T, k: int, m: int, ex: torch.Tensor) -> dict:
         """One round of batch_topk for the open queries: {index among them: Neighbours} for those
         it settles."""
         B, P = Q.shape[0], self.store.size
         keep_n = min(P, m + 1)
         best_v = torch.full((B, 0), -float("inf"))
         best_i = torch.zeros((B, 0), dtype=torch.long)
-        for s, ub in self.index.chunk_bounds(Qp, qr, proj, resid, self.scan.chunk):
+        for s, ub in self.index.chunk_bounds(Qv, T, self.scan.chunk):
             mask_excluded(ub, ex, s)
             v, i = ub.topk(min(keep_n, ub.shape[1]), dim=1)
             v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
@@ -314,36 +299,31 @@ class BoundSearch:
 
 
 class DeviceBoundSearch:
-    """The bound on an accelerator: the projections are held on the device and prune single
-    queries (the same answers as the CPU's plan); batches are the full scan's on the device."""
+    """The bound on an accelerator: the tables are held on the device and prune single queries
+    (the same answers as the CPU's plan); batches are the full scan's on the device."""
 
     name = "bound"
 
-    def __init__(self, store: Store, basis: np.ndarray, proj: np.ndarray, resid: np.ndarray,
-                 device: str):
-        self.store, self.device = store, device
-        self.index = BoundIndex(basis, proj, resid)
+    def __init__(self, store: Store, index: BoundIndex, device: str):
+        self.store, self.device, self.index = store, device, index
         self.scan = ExactSearch(store, device)
         self._held: dict = {}
 
     def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
         """(P,) float32 upper bounds of q . x on the device, valid to within BOUND_MARGIN."""
-        qp, qr = self.index.query_parts(b, q)
         if b not in self._held:
-            self._held[b] = (torch.from_numpy(np.array(self.index.proj[b])).to(self.device),
-                             torch.from_numpy(np.array(self.index.resid[b])).to(self.device))
-        pt, rt = self._held[b]
-        return torch.from_numpy(qp).to(self.device) @ pt + float(qr) * rt
+            self._held[b] = torch.from_numpy(np.array(self.index.block(b))).to(self.device)
+        return torch.from_numpy(self.index.query_vec(b, q)).to(self.device) @ self._held[b]
 
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
         cand = torch.nonzero(self.bounds(b, q) > thr - BOUND_MARGIN).flatten()
         stats = record(None, "bound-device", len(cand),
-                       self.index.block_bytes() + len(cand) * self.scan.row_bytes())
+                       self.index.block_bytes(b) + len(cand) * self.scan.row_bytes())
         return self.scan.threshold_among(b, q, thr, cand, exclude, stats)
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         return topk_from_bounds(self.scan, b, q, self.bounds(b, q), k, exclude, "bound-device",
-                                self.index.block_bytes())
+                                self.index.block_bytes(b))
 
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
                         exclude: torch.Tensor | None = None, sims: bool = True,
@@ -355,41 +335,20 @@ class DeviceBoundSearch:
         return self.scan.batch_topk(b, Q, k, exclude, stats=stats)
 
 
-# --- the index's files ----------------------------------------------------------------------------
-def add_bound(path, rank: int = DEFAULT_RANK, progress: bool = True) -> None:
-    """Fit and write the bound index of the store (or finished build) at ``path``."""
-    from tqdm import tqdm
-
-    path = Path(path)
-    unit = np.load(path / "ffn_unit.npy", mmap_mode="r")
-    L, P, C = unit.shape
-    k = min(rank, C)
-    basis = np.zeros((L, C, k), dtype=np.float32)
-    proj = np.lib.format.open_memmap(path / "bound_proj.npy.tmp", "w+", np.float32, (L, k, P))
-    resid = np.zeros((L, P), dtype=np.float32)
-    for b in tqdm(range(L), desc="bound index", disable=not progress, dynamic_ncols=True):
-        basis[b] = fit_basis(unit[b], k)
-        proj[b], resid[b] = project(unit[b], basis[b])
-    proj.flush()
-    del proj
-    np.save(path / "bound_basis.npy", basis)
-    np.save(path / "bound_resid.npy", resid)
-    os.replace(path / "bound_proj.npy.tmp", path / "bound_proj.npy")
-
-
-def seal_bound(path, info: dict) -> None:
-    """Record the bound index files of the store at ``path`` (``info``: rank, seconds)."""
-    seal_index(Path(path), index_files(0), info)
-
-
 def open_bound(store: Store, device: str = "cpu") -> BoundSearch | DeviceBoundSearch:
     """The bound backend over the store's index, its plan chosen for ``device``; refuses an index
-    that is missing or was fitted to other vectors or shapes."""
-    CHECK.entry(store)
-    basis = np.load(store.path / "bound_basis.npy")
-    proj = np.load(store.path / "bound_proj.npy", mmap_mode="r")
-    resid = np.load(store.path / "bound_resid.npy", mmap_mode="r")
-    CHECK.fits(proj.shape == (store.n_layer, basis.shape[2], store.size)
-               and resid.shape == (store.n_layer, store.size), f"at {store.path}")
-    plan = BoundSearch if device == "cpu" else DeviceBoundSearch
-    return plan(store, basis, proj, resid, device)
+    that is missing, of an older layout, or fitted to other vectors or shapes."""
+    info = CHECK.entry(store)
+    if info.get("layout") != LAYOUT:
+        raise StoreError(f"the bound index at {store.path} has an older layout (one rank for every "
+                         f"block); {CHECK.rebuild}")
+    ranks = info.get("ranks") or []
+    basis = CHECK.load(store.path / "bound_basis.npy", np.load)
+    table = CHECK.load(store.path / "bound_proj.npy", lambda p: np.load(p, mmap_mode="r"))
+    CHECK.fits(len(ranks) == store.n_layer and basis.shape[:2] == (store.n_layer, store.unit.shape[2])
+               and basis.shape[2] >= max(ranks, default=0)
+               and table.shape == (sum(r + 1 for r in ranks), store.size), f"at {store.path}")
+    index = BoundIndex(basis, ranks, table)
+    if device == "cpu":
+        return BoundSearch(store, index, device)
+    return DeviceBoundSearch(store, index, device)
