@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..store import IndexFiles, Store, StoreError
-from .base import (IndexCheck, Neighbours, SearchStats, as_tensor, batch_output, best_of,
+from .base import (IndexCheck, Neighbours, SearchStats, batch_output, best_of,
                    clamp_topk, empty, mask_excluded, record)
 from .exact import ExactSearch
 
@@ -105,18 +105,21 @@ class BoundIndex:
 
     def batch_parts(self, b: int, Q: torch.Tensor):
         """Unit queries (B, C) -> float32 CPU queries, their side of the bound (B, r_b + 1), and
-        the block's table (r_b + 1, P) as a tensor."""
+        the block's table (r_b + 1, P) as it is stored (a numpy array)."""
         Q = Q.detach().to("cpu", torch.float32).contiguous()
         U = torch.from_numpy(self.basis[b, :, : self.ranks[b]])
         Qp = Q @ U
         Qv = torch.cat([Qp, (Q - Qp @ U.T).norm(dim=1, keepdim=True)], 1)
-        return Q, Qv, as_tensor(self.block(b))
+        return Q, Qv, self.block(b)
 
     @staticmethod
     def chunk_bounds(Qv, T, chunk: int):
-        """(start, (B, chunk) upper bounds) for each chunk of the pool: the batch form of the bound."""
+        """(start, (B, chunk) upper bounds) for each chunk of the pool: the batch form of the bound.
+        numpy's product: torch's on a column slice of the (r + 1, P) table was 3.7x slower for 64
+        queries and 2.1x for 256 (measured at r = 16, chunks of 16,384)."""
+        Qn = np.ascontiguousarray(Qv.numpy())
         for s in range(0, T.shape[1], chunk):
-            yield s, Qv @ T[:, s : s + chunk]
+            yield s, torch.from_numpy(Qn @ T[:, s : s + chunk])
 
 
 def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tensor, k: int,
@@ -223,7 +226,7 @@ class BoundSearch:
         qi, rows = torch.cat(qis), torch.cat(rws)
         sure = torch.zeros(len(rows), dtype=torch.bool)
         if not sims:
-            lo = torch.cat(ubs) - 2 * Qv[qi, -1] * T[-1, rows]
+            lo = torch.cat(ubs) - 2 * Qv[qi, -1] * torch.from_numpy(T[-1][rows.numpy()])
             sure = lo > thr + BOUND_MARGIN
         if exclude is not None:
             keep = rows != exclude.to(torch.long)[qi]

@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
-from .params import BlockParams, CorpusParams, QueryParams, ReportParams
-from .schemas import BlockPage, CorpusPlace, Detail, Info, QueryAnswer, Report
-from .views import block_context, corpus_context, find_report, get_explorer, query_context
+from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams
+from .schemas import BlockPage, CorpusPlace, Detail, Info, QueryAnswer, Report, Strip
+from .views import block_context, corpus_context, find_report, get_explorer, query_context, strip_context
 
 router = APIRouter(prefix="/api")
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -54,6 +54,17 @@ def api_block(block: Annotated[int, Path(description="the block, from 0")],
         return _refusal(ctx, status)
     t0 = time.perf_counter()
     r = JSONResponse(ctx["block"])
+    return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
+
+
+@router.get("/strip", summary="Every position of the prompt: the model's and the approximation's "
+            "next characters and H at each prefix", response_model=Strip, responses=ERRORS)
+def api_strip(q: Annotated[StripParams, Query()], ex: Ex):
+    ctx, status = strip_context(ex, q)
+    if status != 200:
+        return _refusal(ctx, status)
+    t0 = time.perf_counter()
+    r = JSONResponse({**ctx["strip"], "permalink": ctx["strip"]["positions"][ctx["strip"]["focus"]]["url"]})
     return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
 
 

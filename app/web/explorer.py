@@ -103,6 +103,14 @@ class Explorer:
                                  "present": 1e3 * (time.perf_counter() - t1)}
                 return out
 
+    def strip(self, vp: ViewParams) -> dict:
+        """Every position of ``vp``'s prompt (app/strip.py), inside the gate; its timing gains
+        nothing from the answer cache (a strip is one batched call)."""
+        from ..strip import strip
+
+        with self.gate:
+            return strip(self.engine_for(vp), vp.prompt, vp.settings)
+
     def defaults(self, store: str | None = None) -> dict:
         """The store's default thresholds and weights as the form shows them, and their rule
         (worked out once per store: they do not change while the server runs; a copy each call)."""

@@ -11,10 +11,10 @@ from fastapi.responses import HTMLResponse
 from . import place
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
-from .params import BlockParams, CorpusParams, QueryParams, ReportParams
+from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams
 from .safety import CSP_DOCS, csp_with_inline_styles
 from .views import (REPORT_COST, block_context, corpus_context, find_report, get_explorer, query_context,
-                    rebase_urls, report_command)
+                    rebase_urls, report_command, strip_context)
 
 router = APIRouter()
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -51,6 +51,13 @@ def block_page(request: Request, block: Annotated[int, Path(description="the blo
                q: Annotated[BlockParams, Query()], ex: Ex):
     ctx, status = block_context(ex, block, q)
     return _page(request, "block.html", ctx, status)
+
+
+@router.get("/strip", response_class=HTMLResponse,
+            summary="Every position of the prompt at once (JSON twin: /api/strip)", responses=BAD)
+def strip_page(request: Request, q: Annotated[StripParams, Query()], ex: Ex):
+    ctx, status = strip_context(ex, q)
+    return _page(request, "strip.html", ctx, status)
 
 
 @router.get("/corpus", response_class=HTMLResponse, summary="A stretch of the corpus around a position",

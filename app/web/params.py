@@ -18,7 +18,7 @@ MAX_PER_PAGE = 500
 RANGES = {"page": (1, 1_000_000), "per_page": (1, MAX_PER_PAGE), "width": (1, 5000)}
 
 __all__ = ["BACKENDS", "MAX_PROMPT", "MAX_PER_PAGE", "RANGES", "ViewParams", "QueryParams",
-           "BlockParams", "CorpusParams", "ReportParams", "SORTS", "check_range", "parse"]
+           "BlockParams", "StripParams", "CorpusParams", "ReportParams", "SORTS", "check_range", "parse"]
 
 
 class QueryParams(BaseModel):
@@ -58,6 +58,14 @@ class BlockParams(QueryParams):
                           json_schema_extra={"minimum": 1, "maximum": MAX_PER_PAGE})
     sort: str = Field("similarity", description="'similarity' (to the prompt's activation) or "
                       "'frequency' (in the corpus)", json_schema_extra={"enum": list(SORTS)})
+
+
+class StripParams(QueryParams):
+    """Every position of the prompt: /strip and /api/strip."""
+
+    pos: int = Field(-1, ge=-1, le=RANGES["page"][1],
+                     description="the focused position (the prefix ending there), from 0; -1: the "
+                     "last; a position past the prompt's end is a 400")
 
 
 class CorpusParams(BaseModel):

@@ -173,3 +173,30 @@ class Info(Open):
     device: str
     defaults: dict[str, str] = Field(description="the default store's thresholds, weights and their rule")
     models: dict[str, str] | None = Field(None, description="every model served, by name: its path")
+
+
+class StripPosition(Open):
+    pos: int = Field(description="the position, from 0: it stands for the prefix ending there")
+    char: str = Field(description="the prompt's character at this position")
+    hellinger: float = Field(description="H between the model's and the approximation's next-character distributions")
+    model: list[list[Any]] = Field(description="the model's most likely next characters: [character, probability]")
+    approx: list[list[Any]] = Field(description="the approximation's most likely next characters: [character, probability]")
+    agree_top1: bool = Field(description="whether both put the same character first")
+    neighbours: list[int] = Field(description="each block's neighbour count")
+    fallback: str | None = Field(description="'unigram' when no block found a neighbour")
+    in_pool: bool = Field(description="whether the prefix's last n characters are a pool string")
+    url: str = Field(description="this view focused on this position")
+    query_url: str = Field(description="the main page for this prefix")
+
+
+class Strip(Open):
+    """Every position of a prompt at once (/api/strip)."""
+
+    prompt: str = Field(description="the prompt")
+    positions: list[StripPosition] = Field(description="one per character")
+    focus: int = Field(description="the focused position")
+    store: str = Field(description="the store searched")
+    mean_hellinger: float = Field(description="H averaged over the positions")
+    agree_top1: float = Field(description="the share of positions whose top-1 characters agree")
+    timing: dict[str, float] = Field(description="milliseconds in the forward pass, the searches and the blend")
+    permalink: str = Field(description="this view's URL")

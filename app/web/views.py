@@ -14,7 +14,8 @@ from . import place
 from .errors import Rejected
 from .explorer import DEFAULT_STORE, Explorer
 from .gate import Busy
-from .params import SORTS, BlockParams, CorpusParams, QueryParams, ViewParams, check_range, parse
+from .params import (SORTS, BlockParams, CorpusParams, QueryParams, StripParams, ViewParams,
+                     check_range, parse)
 
 
 def get_explorer(request: Request) -> Explorer:
@@ -22,10 +23,13 @@ def get_explorer(request: Request) -> Explorer:
     return request.app.state.explorer
 
 
-def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None, check=None) -> tuple[dict, int]:
+def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None, check=None,
+                  run=None) -> tuple[dict, int]:
     """Parse ``q``, run ``check(vp, engine)`` (raises Rejected), then present the engine's answer:
     ``present(result, engine)`` returns what to add to the context (default: the main page's
-    data). Returns (context, status); a refusal leaves its message in ``context["error"]``."""
+    data); or, given ``run(vp, engine)``, add what it returns instead (a view that asks the
+    engine something else). Returns (context, status); a refusal leaves its message in
+    ``context["error"]``."""
     p = q.form()
     ctx = {"form": p, "about": ex.about, "defaults": None, "data": None, "error": None,
            "permalink": ex.base + "/?" + urlencode({k: v for k, v in p.items() if v}), "vp": None}
@@ -45,7 +49,7 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
                 d["store"]["label"] = vp.store or DEFAULT_STORE
                 return {"data": d}
 
-            ctx.update(ex.run(vp, present or main_page))
+            ctx.update(run(vp, eng) if run else ex.run(vp, present or main_page))
         return ctx, 200
     except QueryError as e:
         ctx["error"] = str(e)
@@ -82,6 +86,28 @@ def block_context(ex: Explorer, block: int, q: BlockParams) -> tuple[dict, int]:
         ctx["from_here"] = place.here_for(f"/blocks/{block}", f"{ctx['qs']}&sort={b['sort']}&per_page="
                                           f"{b['per_page']}&page={b['page']}")
     return ctx, status
+
+
+def strip_context(ex: Explorer, q: StripParams) -> tuple[dict, int]:
+    """Every position of the prompt in ``q`` (see app/strip.py), the focused one (``q.pos``, -1:
+    the last) named, with the links each position opens."""
+    def check(vp: ViewParams, eng: Engine) -> None:
+        if q.pos >= len(vp.prompt):
+            raise Rejected(f"pos must lie within the prompt: 0 to {len(vp.prompt) - 1} (or -1 for "
+                           f"the last), not {q.pos}")
+
+    def present(vp: ViewParams, eng: Engine) -> dict:
+        d = ex.strip(vp)
+        focus = q.pos if q.pos >= 0 else len(vp.prompt) - 1
+        d.update({"focus": focus, "store": vp.store or DEFAULT_STORE,
+                  "n_layer": eng.store.n_layer, "n": eng.store.pool.n})
+        qs = vp.query_string()
+        for p in d["positions"]:
+            p["url"] = f"{ex.base}/strip?{qs}&pos={p['pos']}"
+            p["query_url"] = f"{ex.base}/?{vp.query_string(prompt=vp.prompt[: p['pos'] + 1])}"
+        return {"strip": d, "timing": d["timing"]}
+
+    return query_context(ex, q, need_prompt=True, check=check, run=present)
 
 
 def corpus_context(ex: Explorer, q: CorpusParams) -> tuple[dict | None, str | None]:

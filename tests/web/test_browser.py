@@ -278,7 +278,8 @@ PAGES_390 = [("main", "/?prompt=the+king"), ("main-topk", "/?prompt=the+king&mod
              ("block", "/blocks/3?prompt=the+king+&mode=topk&k=30"), ("corpus", "/corpus?pos=200"),
              ("report", "/report"), ("unknown-character", "/?prompt=the+%7BZing%7D+%E2%82%AC"),
              ("bad-block", "/blocks/99?prompt=the"), ("not-found", "/nowhere"),
-             ("too-long", "/?prompt=" + "the+king+" * 40)]
+             ("too-long", "/?prompt=" + "the+king+" * 40),
+             ("strip", "/strip?prompt=the+king+is+dead,+long+may+the+king")]
 
 
 @pytest.mark.parametrize("name,path", PAGES_390)
@@ -291,6 +292,25 @@ def test_no_page_is_wider_than_a_phone(server, browser, name, path):
     page.screenshot(path=str(ARTIFACTS / f"phone-{name}.png"), full_page=False)
     page.close()
     assert width <= 390, f"{path} is {width} px wide at 390 px"
+
+
+def test_strip_click_a_position_focuses_its_prefix(server, page):
+    """/strip: each character is a link; clicking one focuses its prefix (pos= in the URL, the
+    panel names the prefix) and the panel's link opens that prefix on the main page."""
+    page.goto(server + "/strip?prompt=the+king+is+dead")
+    cells = page.locator("ol.strip li a")
+    assert cells.count() == len("the king is dead")
+    assert page.locator("ol.strip li.focus .ch").inner_text() == "d"
+    cells.nth(2).click()
+    page.wait_for_url(re.compile(r"pos=2"))
+    assert page.locator(".strip-focus h2 code").inner_text() == "the"
+    page.locator(".strip-focus a").click()
+    page.wait_for_url(re.compile(r"/\?prompt=the$"))
+    page.wait_for_selector("#results .answer", state="attached")
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(server + "/strip?prompt=the+king+is+dead&pos=5")
+        page.screenshot(path=str(ARTIFACTS / f"strip-{width}.png"), full_page=True)
 
 
 # --- /docs offline (issue 17, item 5) ---------------------------------------------------------------

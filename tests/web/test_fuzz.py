@@ -88,11 +88,12 @@ def fuzz(examples: int):
        hostile=st.dictionaries(st.sampled_from(QUERY_PARAMS), anything, max_size=3),
        block=value("block"))
 def test_fuzz_query_routes(client, params, hostile, block):
-    """/api/query, /, /results, /blocks/{i} and /api/blocks/{i}, each with the same fuzzed URL:
-    plausible settings (many reach the engine) with up to three parameters made hostile."""
+    """/api/query, /, /results, /blocks/{i}, /api/blocks/{i}, /strip and /api/strip, each with the
+    same fuzzed URL: plausible settings (many reach the engine) with up to three parameters made
+    hostile."""
     params = {**params, **hostile}
     for path in ("/api/query", "/", "/results", f"/blocks/{quote(block, safe='')}",
-                 f"/api/blocks/{quote(block, safe='')}"):
+                 f"/api/blocks/{quote(block, safe='')}", "/strip", "/api/strip"):
         check(client.get(path, params=params), path, "query")
 
 

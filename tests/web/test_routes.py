@@ -156,3 +156,25 @@ def test_server_timing_names_the_parts(client):
     parts = dict(re.findall(r"(\w+);dur=([0-9.]+)", again.headers["server-timing"]))
     assert {"cache", "present", "json"} <= set(parts) and "search" not in parts
     assert "server-timing" in client.get("/api/blocks/2", params={"prompt": prompt}).headers
+
+
+def test_strip_page_and_its_json_twin(client):
+    """/strip and /api/strip: the same positions; the focus from pos= (default the last); each
+    position links to itself focused and to the main page for its prefix; bad input is a 400."""
+    j = client.get("/api/strip", params={"prompt": "the king", "pos": 2}).json()
+    assert [p["char"] for p in j["positions"]] == list("the king") and j["focus"] == 2
+    assert j["permalink"] == "/strip?prompt=the+king&pos=2"
+    assert j["positions"][3]["query_url"] == "/?prompt=the+"
+    assert client.get("/api/strip", params={"prompt": "the king"}).json()["focus"] == 7
+    r = client.get("/strip", params={"prompt": "the king", "pos": 2})
+    assert r.status_code == 200 and 'aria-current="true"' in r.text
+    assert f'{j["positions"][2]["hellinger"]:.3f}' in r.text and "/?prompt=the" in r.text
+    assert "server-timing" in r.headers and "search;dur=" in r.headers["server-timing"]
+    for params, message in (({"prompt": "the", "pos": 3}, "pos must lie within the prompt"),
+                            ({"prompt": "the", "pos": -2}, "pos must be at least -1"),
+                            ({"prompt": ""}, "the prompt is empty"),
+                            ({"prompt": "the", "mode": "topk", "k": "0"}, "k must be")):
+        for path in ("/api/strip", "/strip"):
+            r = client.get(path, params=params)
+            assert r.status_code == 400 and message in r.text, (path, params, r.text[:200])
+    assert "/strip?prompt=the+king" in client.get("/results", params={"prompt": "the king"}).text
