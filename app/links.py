@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from model.gpt import Intervention
+
 from .approx import QueryError, QuerySettings
 from .search import BACKENDS as SEARCH_BACKENDS
 
@@ -23,9 +25,10 @@ MAX_PROMPT = 1000  # characters accepted in a URL before the model's own context
 # The order a canonical URL writes its items in, and the value each is left out at (None: never
 # written; thresholds and weights at None mean the store's defaults, backend at None the server's).
 ORDER = ("prompt", "mode", "thresholds", "weights", "k", "show", "blend", "exclude_self", "backend",
-         "store")
+         "store", "drop_attn", "drop_ffn")
 DEFAULTS = {"prompt": "", "mode": "threshold", "thresholds": None, "weights": None, "k": 200,
-            "show": 10, "blend": "raw", "exclude_self": False, "backend": None, "store": "pool"}
+            "show": 10, "blend": "raw", "exclude_self": False, "backend": None, "store": "pool",
+            "drop_attn": None, "drop_ffn": None}
 TRUE, FALSE = ("1", "true", "on", "yes"), ("", "0", "false", "off", "no")
 
 
@@ -36,6 +39,7 @@ class ViewParams:
     backend: str | None  # "exact", "bound" or "ivf"; None: the explorer's default
     store: str | None  # a store's label ("pool", "context256", ...); None: the default store
     raw: dict  # the non-default parameters as given, for links and forms
+    intervention: Intervention | None = None  # sublayers the model runs without; None: none
 
     def query_string(self, **extra) -> str:
         items = {**self.raw, **{k: v for k, v in extra.items() if v is not None}}
@@ -129,9 +133,21 @@ def _store(text: str) -> str | None:
     return store
 
 
+def _blocks(text: str, name: str) -> frozenset[int]:
+    """A comma-separated list of block numbers (checked against the model by the engine)."""
+    try:
+        blocks = frozenset(int(x) for x in text.replace(" ", "").split(",") if x != "")
+    except ValueError:
+        raise QueryError(f"{name} must be block numbers separated by commas, e.g. 0,3, not {text[:20]!r}")
+    if any(b < 0 for b in blocks):
+        raise QueryError(f"{name} must be block numbers from 0")
+    return blocks
+
+
 def decode(p: Mapping[str, str]) -> ViewParams:
     """Check the query items (prompt, mode, thresholds, k, weights, blend, exclude_self, show; backend,
-    exact and store optional); raises QueryError with a message that says what to fix."""
+    exact, store, drop_attn and drop_ffn optional); raises QueryError with a message that says what
+    to fix."""
     prompt, mode, thresholds, weights = p["prompt"], p["mode"], p["thresholds"], p["weights"]
     k, show, blend, exclude_self = p["k"], p["show"], p["blend"], p["exclude_self"]
     if len(prompt) > MAX_PROMPT:
@@ -155,9 +171,14 @@ def decode(p: Mapping[str, str]) -> ViewParams:
     ex = _flag(exclude_self, "exclude_self")
     backend = _backend(p.get("backend", ""), p.get("exact", ""))
     store = _store(p.get("store", ""))
+    drop_attn, drop_ffn = (_blocks(p.get(name, ""), name) for name in ("drop_attn", "drop_ffn"))
+    iv = Intervention(drop_attn=drop_attn, drop_ffn=drop_ffn) if drop_attn or drop_ffn else None
     raw = canonical({"prompt": prompt, "mode": mode, "thresholds": thresholds.strip() or None,
                      "weights": weights.strip() or None, "k": kk, "show": n_show, "blend": blend,
-                     "exclude_self": ex, "backend": backend, "store": store})
+                     "exclude_self": ex, "backend": backend, "store": store,
+                     "drop_attn": ",".join(map(str, sorted(drop_attn))) or None,
+                     "drop_ffn": ",".join(map(str, sorted(drop_ffn))) or None})
     qs = QuerySettings(mode=mode, thresholds=ths, k=kk, weights=ws, blend=blend,
                        exclude_self=ex, show=n_show)
-    return ViewParams(prompt=prompt, settings=qs, backend=backend, store=store, raw=raw)
+    return ViewParams(prompt=prompt, settings=qs, backend=backend, store=store, raw=raw,
+                      intervention=iv)

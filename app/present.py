@@ -111,7 +111,7 @@ def query_dict(res: QueryResult, store: Store, chars: str) -> dict:
         "approximation_top": top_tokens(res.approx, chars),
         "chart": comparison(res.model_probs, res.approx, chars),
         "blocks": blocks,
-        "store": {"path": str(store.path), "pool_size": store.size,
+        "store": {"path": store.path.name, "pool_size": store.size,  # a name: no server paths
                   "defaults_rule": store.defaults.get("rule", "reference")},
     }
 

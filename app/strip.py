@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from model.gpt import Trace
+from model.gpt import Intervention, Trace
 
 from .approx import Engine, QuerySettings, blend_or_unigram
 from .metrics import hellinger
@@ -29,17 +29,19 @@ def _top(tok_chars: str, p: np.ndarray, k: int = TOP) -> list[list]:
 
 
 @torch.inference_mode()
-def strip(engine: Engine, prompt: str, settings: QuerySettings | None = None) -> dict:
+def strip(engine: Engine, prompt: str, settings: QuerySettings | None = None,
+          intervention: Intervention | None = None) -> dict:
     """Every position of ``prompt``: its character, the model's and the approximation's most likely
     next characters, H between them, and each block's neighbour count; with the time spent in the
-    forward pass, the searches and the blend (milliseconds)."""
+    forward pass, the searches and the blend (milliseconds). With ``intervention``, all of it is
+    the model's without the sublayers it names (as :meth:`Engine.query` with it)."""
     s = (settings or QuerySettings()).resolved(engine.store)
     ids = engine.encode(prompt)
     store, T, chars = engine.store, len(ids), engine.tok.chars
     t0 = time.perf_counter()
     trace = Trace()
     idx = torch.from_numpy(ids.astype(np.int64))[None].to(engine.device)
-    logits, _ = engine.model(idx, trace=trace)
+    logits, _ = engine.model(idx, trace=trace, intervention=intervention)
     probs = torch.softmax(logits[0].double(), -1).cpu().numpy()  # (T, V)
     Q = unit(torch.stack([t[0].float() for t in getattr(trace, engine.activation)]))  # (L, T, C)
     t1 = time.perf_counter()

@@ -35,3 +35,13 @@ def test_a_pool_string_is_marked_in_the_pool(engine):
     text = engine.tok.decode(engine.store.pool.strings(engine.store.corpus_ids)[5])
     got = strip(engine, text)
     assert got["positions"][n - 1]["in_pool"] and not got["positions"][0]["in_pool"]
+
+
+def test_an_intervened_strip_is_the_intervened_model(engine):
+    from model.gpt import Intervention
+
+    iv = Intervention(drop_ffn=frozenset({1}))
+    got = strip(engine, "the king", None, iv)
+    one = engine.query("the king", None, iv)
+    assert got["positions"][-1]["hellinger"] == pytest.approx(one.hellinger, abs=5e-3)
+    assert got["positions"][-1]["model"] != strip(engine, "the king")["positions"][-1]["model"]

@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams
-from .schemas import BlockPage, CorpusPlace, Detail, Info, QueryAnswer, Report, Strip
-from .views import block_context, corpus_context, find_report, get_explorer, query_context, strip_context
+from .schemas import BlockPage, CorpusPlace, Detail, Effects, Info, QueryAnswer, Report, Strip
+from .views import (block_context, corpus_context, find_report, get_explorer, interventions_context,
+                    query_context, strip_context)
 
 router = APIRouter(prefix="/api")
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -66,6 +67,15 @@ def api_strip(q: Annotated[StripParams, Query()], ex: Ex):
     t0 = time.perf_counter()
     r = JSONResponse({**ctx["strip"], "permalink": ctx["strip"]["positions"][ctx["strip"]["focus"]]["url"]})
     return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
+
+
+@router.get("/interventions", summary="Each block's attention and FFN output dropped in turn: how "
+            "far the model's next-character distribution moves", response_model=Effects, responses=ERRORS)
+def api_interventions(q: Annotated[QueryParams, Query()], ex: Ex):
+    ctx, status = interventions_context(ex, q)
+    if status != 200:
+        return _refusal(ctx, status)
+    return server_timing(_json(ctx["effects"]), ctx)
 
 
 @router.get("/corpus", summary="A stretch of the corpus around a position: where it is (line; play, "

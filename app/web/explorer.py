@@ -71,13 +71,14 @@ class Explorer:
     def _answer(self, vp: ViewParams) -> tuple[QueryResult, Engine, threading.Lock, bool]:
         """(answer, engine, the answer's lock, whether it came from the cache)."""
         engine = self.engine_for(vp)
-        key = (vp.prompt, repr(vp.settings), vp.store or DEFAULT_STORE, engine.search.name)
+        key = (vp.prompt, repr(vp.settings), vp.store or DEFAULT_STORE, engine.search.name,
+               vp.intervention)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 res, lock, _ = self._cache[key]
                 return res, engine, lock, True
-        res = engine.query(vp.prompt, vp.settings)
+        res = engine.query(vp.prompt, vp.settings, vp.intervention)
         rows = sum(len(b.neighbours) for b in res.blocks)
         lock = threading.Lock()
         with self._lock:
@@ -109,7 +110,7 @@ class Explorer:
         from ..strip import strip
 
         with self.gate:
-            return strip(self.engine_for(vp), vp.prompt, vp.settings)
+            return strip(self.engine_for(vp), vp.prompt, vp.settings, vp.intervention)
 
     def defaults(self, store: str | None = None) -> dict:
         """The store's default thresholds and weights as the form shows them, and their rule

@@ -14,7 +14,7 @@ from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams
 from .safety import CSP_DOCS, csp_with_inline_styles
 from .views import (REPORT_COST, block_context, corpus_context, find_report, get_explorer, query_context,
-                    rebase_urls, report_command, strip_context)
+                    rebase_urls, report_command, strip_context, interventions_context)
 
 router = APIRouter()
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -58,6 +58,14 @@ def block_page(request: Request, block: Annotated[int, Path(description="the blo
 def strip_page(request: Request, q: Annotated[StripParams, Query()], ex: Ex):
     ctx, status = strip_context(ex, q)
     return _page(request, "strip.html", ctx, status)
+
+
+@router.get("/interventions", response_class=HTMLResponse,
+            summary="Each block's attention and FFN output dropped in turn (JSON twin: /api/interventions)",
+            responses=BAD)
+def interventions_page(request: Request, q: Annotated[QueryParams, Query()], ex: Ex):
+    ctx, status = interventions_context(ex, q)
+    return _page(request, "interventions.html", ctx, status)
 
 
 @router.get("/corpus", response_class=HTMLResponse, summary="A stretch of the corpus around a position",

@@ -41,6 +41,11 @@ class QueryParams(BaseModel):
     store: str = Field("", description="which store to search: 'pool' (each pool string read "
                        "alone: the method), or another the server has, e.g. 'context256' (every "
                        "position read in context); /api/info lists them; empty: 'pool'")
+    drop_attn: str = Field("", description="blocks whose attention output the model runs without, "
+                           "comma-separated, e.g. 0,3 (the answer then shows the unmodified model "
+                           "beside it); empty: none")
+    drop_ffn: str = Field("", description="blocks whose FFN output the model runs without, "
+                          "comma-separated; empty: none")
 
     def form(self) -> dict:
         """The parameters as given, in the form's order (the page shows them back)."""

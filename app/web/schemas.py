@@ -75,6 +75,10 @@ class QueryAnswer(Open):
     hellinger: float = Field(description="Hellinger distance between the model's and the approximation's distributions")
     agreement: dict[str, Any] = Field(description="top-k agreement, by k")
     fallback: str | None = Field(description="what filled in where the neighbours had no counts, if anything")
+    intervention: dict[str, Any] | None = Field(None, description="with drop_attn / drop_ffn: the "
+                                                "sublayers dropped, the unmodified model's top "
+                                                "characters (original_top) and distribution "
+                                                "(original), and hellinger_to_original")
     model: dict[str, float] = Field(description="the model's next-character distribution")
     approximation: dict[str, float] = Field(description="the approximation's next-character distribution")
     model_top: list[Token]
@@ -200,3 +204,14 @@ class Strip(Open):
     agree_top1: float = Field(description="the share of positions whose top-1 characters agree")
     timing: dict[str, float] = Field(description="milliseconds in the forward pass, the searches and the blend")
     permalink: str = Field(description="this view's URL")
+
+
+class Effects(Open):
+    """Each block's sublayers dropped in turn (/api/interventions)."""
+
+    prompt: str = Field(description="the prompt")
+    model_top: list[Token] = Field(description="the unmodified model's most likely next characters")
+    blocks: list[dict[str, Any]] = Field(description="per block: drop_attn and drop_ffn, each with "
+                                         "hellinger (to the unmodified model), top (its most likely "
+                                         "characters) and url (the main page so intervened)")
+    timing: dict[str, float] = Field(description="milliseconds in the forward passes")

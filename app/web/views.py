@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from fastapi import Request
 
 from ..approx import Engine, QueryError, QueryResult
+from ..interventions import intervention_dict, sublayer_effects
 from ..present import block_dict, context, query_dict
 from . import place
 from .errors import Rejected
@@ -40,6 +41,11 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
         ctx["defaults"] = ex.defaults(vp.store)
         if vp.prompt or need_prompt:
             eng = ex.engine_for(vp)
+            if vp.intervention:
+                try:
+                    vp.intervention.check(eng.model.cfg.n_layer)
+                except ValueError as e:  # it names blocks the model does not have
+                    raise QueryError(str(e)) from e
             if check:
                 check(vp, eng)
             ctx["qs"] = vp.query_string()
@@ -47,6 +53,9 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
             def main_page(res, eng):
                 d = query_dict(res, eng.store, eng.tok.chars)
                 d["store"]["label"] = vp.store or DEFAULT_STORE
+                if vp.intervention:
+                    d["intervention"] = intervention_dict(eng, res.prompt, vp.intervention,
+                                                          res.model_probs)
                 return {"data": d}
 
             ctx.update(run(vp, eng) if run else ex.run(vp, present or main_page))
@@ -108,6 +117,20 @@ def strip_context(ex: Explorer, q: StripParams) -> tuple[dict, int]:
         return {"strip": d, "timing": d["timing"]}
 
     return query_context(ex, q, need_prompt=True, check=check, run=present)
+
+
+def interventions_context(ex: Explorer, q: QueryParams) -> tuple[dict, int]:
+    """Each block's attention and FFN output dropped in turn, for the prompt in ``q``: how far the
+    model moves (see app/interventions.py), each cell linking to the main page so intervened."""
+    def present(vp: ViewParams, eng: Engine) -> dict:
+        with ex.gate:
+            d = sublayer_effects(eng, vp.prompt)
+        for row in d["blocks"]:
+            for name in ("drop_attn", "drop_ffn"):
+                row[name]["url"] = f"{ex.base}/?{vp.query_string(**{name: str(row['block'])})}"
+        return {"effects": d, "timing": d["timing"]}
+
+    return query_context(ex, q, need_prompt=True, run=present)
 
 
 def corpus_context(ex: Explorer, q: CorpusParams) -> tuple[dict | None, str | None]:

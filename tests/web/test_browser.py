@@ -279,7 +279,9 @@ PAGES_390 = [("main", "/?prompt=the+king"), ("main-topk", "/?prompt=the+king&mod
              ("report", "/report"), ("unknown-character", "/?prompt=the+%7BZing%7D+%E2%82%AC"),
              ("bad-block", "/blocks/99?prompt=the"), ("not-found", "/nowhere"),
              ("too-long", "/?prompt=" + "the+king+" * 40),
-             ("strip", "/strip?prompt=the+king+is+dead,+long+may+the+king")]
+             ("strip", "/strip?prompt=the+king+is+dead,+long+may+the+king"),
+             ("interventions", "/interventions?prompt=the+king"),
+             ("intervened", "/?prompt=the+king&drop_attn=0,1&drop_ffn=2")]
 
 
 @pytest.mark.parametrize("name,path", PAGES_390)
@@ -311,6 +313,28 @@ def test_strip_click_a_position_focuses_its_prefix(server, page):
         page.set_viewport_size({"width": width, "height": 900})
         page.goto(server + "/strip?prompt=the+king+is+dead&pos=5")
         page.screenshot(path=str(ARTIFACTS / f"strip-{width}.png"), full_page=True)
+
+
+def test_toggle_an_intervention_then_open_the_sublayer_table(server, page):
+    """Typing a block into "FFN of blocks" re-runs the prompt without that FFN: the notice names it
+    and the address keeps it; the sublayer table's cell for a block opens that intervention."""
+    page.goto(server + "/?prompt=the+king")
+    page.wait_for_selector("#results .answer", state="attached")
+    page.locator("details.settings summary").click()
+    page.fill('input[name="drop_ffn"]', "2")
+    page.press('input[name="drop_ffn"]', "Enter")
+    page.wait_for_selector(".notice.intervention")
+    assert "FFN output of block 2" in page.locator(".notice.intervention").inner_text()
+    page.wait_for_url(re.compile(r"drop_ffn=2"))
+    page.goto(server + "/interventions?prompt=the+king")
+    assert page.locator("table.effects tbody tr").count() >= 2
+    page.locator("table.effects tbody tr").nth(1).locator("td").nth(1).locator("a").click()
+    page.wait_for_url(re.compile(r"drop_attn=1"))
+    page.wait_for_selector(".notice.intervention", state="attached")
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(server + "/interventions?prompt=the+king")
+        page.screenshot(path=str(ARTIFACTS / f"interventions-{width}.png"), full_page=True)
 
 
 # --- /docs offline (issue 17, item 5) ---------------------------------------------------------------

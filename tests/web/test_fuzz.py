@@ -15,7 +15,7 @@ NASTY = XSS + ["'", '"', "&", "&amp;", "&#60;", "\n", "\r\n", "\t", "\x00", "%00
                "1e999", "-1e-400", "9" * 30, "9" * 5000, "-" + "9" * 25, "", " ", "null", "true", "[]",
                "{}", "../../etc/passwd", "%2e%2e%2f", "x" * 1001, "the king " * 200]
 QUERY_PARAMS = ("prompt", "mode", "thresholds", "k", "weights", "blend", "exclude_self", "show",
-                "backend", "exact", "store", "page", "per_page", "sort")
+                "backend", "exact", "store", "page", "per_page", "sort", "pos", "drop_attn", "drop_ffn")
 REQUESTS = {"query": 0, "other": 0}
 STATUSES: dict[str, dict[int, int]] = {"query": {}, "other": {}}
 
@@ -38,6 +38,9 @@ VALID = {
     "page": st.integers(-2, 12).map(str),
     "per_page": st.integers(-2, 600).map(str),
     "sort": st.sampled_from(["similarity", "frequency"]),
+    "pos": st.integers(-3, 50).map(str),
+    "drop_attn": st.sampled_from(["", "0", "2,5", "7", "x", "-1"]),
+    "drop_ffn": st.sampled_from(["", "4", "0,1,2,3,4,5", "1,,3"]),
     "pos": st.integers(-10, 7000).map(str),
     "width": st.integers(-5, 6000).map(str),
     "mode_report": st.sampled_from(["", "reference", "held-out"]),
@@ -88,12 +91,13 @@ def fuzz(examples: int):
        hostile=st.dictionaries(st.sampled_from(QUERY_PARAMS), anything, max_size=3),
        block=value("block"))
 def test_fuzz_query_routes(client, params, hostile, block):
-    """/api/query, /, /results, /blocks/{i}, /api/blocks/{i}, /strip and /api/strip, each with the
-    same fuzzed URL: plausible settings (many reach the engine) with up to three parameters made
+    """/api/query, /, /results, /blocks/{i}, /api/blocks/{i}, /strip, /api/strip, /interventions and
+    /api/interventions, each with the same fuzzed URL: plausible settings (many reach the engine) with up to three parameters made
     hostile."""
     params = {**params, **hostile}
     for path in ("/api/query", "/", "/results", f"/blocks/{quote(block, safe='')}",
-                 f"/api/blocks/{quote(block, safe='')}", "/strip", "/api/strip"):
+                 f"/api/blocks/{quote(block, safe='')}", "/strip", "/api/strip", "/interventions",
+                 "/api/interventions"):
         check(client.get(path, params=params), path, "query")
 
 

@@ -178,3 +178,31 @@ def test_strip_page_and_its_json_twin(client):
             r = client.get(path, params=params)
             assert r.status_code == 400 and message in r.text, (path, params, r.text[:200])
     assert "/strip?prompt=the+king" in client.get("/results", params={"prompt": "the king"}).text
+
+
+def test_an_intervention_in_the_url_and_the_sublayer_table(client, engine):
+    """drop_attn / drop_ffn: the answer is the intervened model's (the engine's own answer with the
+    same intervention), beside the unmodified model; the permalink keeps them, in order; the
+    sublayer table has one row per block, each cell linking to its intervention."""
+    from model.gpt import Intervention
+
+    j = client.get("/api/query", params={"prompt": "the king", "drop_ffn": "2,0", "drop_attn": "1"}).json()
+    ref = engine.query("the king", None, Intervention(drop_attn=frozenset({1}), drop_ffn=frozenset({0, 2})))
+    plain = engine.query("the king")
+    assert j["hellinger"] == pytest.approx(ref.hellinger) and j["hellinger"] != pytest.approx(plain.hellinger)
+    iv = j["intervention"]
+    assert iv["drop_ffn"] == [0, 2] and iv["drop_attn"] == [1]
+    assert iv["original_top"][0]["p"] == pytest.approx(float(plain.model_probs.max()))
+    assert j["permalink"] == "/?prompt=the+king&drop_attn=1&drop_ffn=0%2C2"
+    assert "ran without" in client.get(j["permalink"]).text
+    assert "intervention" not in client.get("/api/query", params={"prompt": "the king"}).json()
+    e = client.get("/api/interventions", params={"prompt": "the king"}).json()
+    assert [r["block"] for r in e["blocks"]] == list(range(engine.store.n_layer))
+    assert all(0 <= r[n]["hellinger"] <= 1 for r in e["blocks"] for n in ("drop_attn", "drop_ffn"))
+    assert e["blocks"][3]["drop_ffn"]["url"] == "/?prompt=the+king&drop_ffn=3"
+    assert "attention left out" in client.get("/interventions", params={"prompt": "the king"}).text
+    for params, message in (({"prompt": "ab", "drop_ffn": "99"}, "the model has blocks"),
+                            ({"prompt": "ab", "drop_attn": "x"}, "drop_attn must be block numbers")):
+        for path in ("/api/query", "/", "/api/interventions"):
+            r = client.get(path, params=params)
+            assert r.status_code == 400 and message in r.text, (path, r.text[:200])
