@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams
-from .schemas import BlockPage, CorpusPlace, Detail, Effects, Info, QueryAnswer, Report, Strip
+from .schemas import BlockPage, CorpusPlace, Detail, Effects, Info, QueryAnswer, Report, Story, Strip
 from .views import (block_context, corpus_context, find_report, get_explorer, interventions_context,
-                    query_context, strip_context)
+                    query_context, story_context, strip_context)
 
 router = APIRouter(prefix="/api")
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -76,6 +76,17 @@ def api_interventions(q: Annotated[QueryParams, Query()], ex: Ex):
     if status != 200:
         return _refusal(ctx, status)
     return server_timing(_json(ctx["effects"]), ctx)
+
+
+@router.get("/strings/{row}", summary="A pool string's story: its occurrences, its cosine to the "
+            "prompt in every block, its class in each block, the prompt's n-gram", response_model=Story,
+            responses={**ERRORS, **MISSING})
+def api_story(row: Annotated[int, Path(description="the pool string's row, from 0")],
+              q: Annotated[QueryParams, Query()], ex: Ex):
+    ctx, status = story_context(ex, row, q)
+    if status != 200:
+        return _refusal(ctx, status)
+    return _json(ctx["story"])
 
 
 @router.get("/corpus", summary="A stretch of the corpus around a position: where it is (line; play, "

@@ -7,6 +7,8 @@ import threading
 import time
 from collections import OrderedDict
 
+import numpy as np
+
 
 from ..approx import Engine, QueryError, QueryResult, QuerySettings
 from ..defaults import DEPTH_RULE
@@ -47,6 +49,7 @@ class Explorer:
         self._lock = threading.Lock()
         self.cache_size, self.cache_rows = cache_size, cache_rows
         self._defaults: dict[str, dict] = {}  # store label -> defaults() (computed once)
+        self._text: str | None = None  # the corpus as text (corpus_text)
 
     @staticmethod
     def _backends(engine: Engine) -> dict[str, Engine]:
@@ -103,6 +106,23 @@ class Explorer:
                 out["timing"] = {**({"cache": 1e3 * (t1 - t0)} if cached else res.timing),
                                  "present": 1e3 * (time.perf_counter() - t1)}
                 return out
+
+    def corpus_text(self) -> str:
+        """The default store's corpus as text (decoded once, on first use, and kept)."""
+        with self._lock:
+            if self._text is None:
+                table = np.array(list(self.engine.tok.chars), dtype=object)
+                self._text = "".join(table[self.engine.store.corpus_ids].tolist())
+            return self._text
+
+    def story(self, vp: ViewParams, row: int) -> dict:
+        """Pool string ``row``'s story against ``vp``'s prompt (app/story.py), inside the gate."""
+        from ..story import story
+
+        engine = self.engine_for(vp)
+        text = self.corpus_text()
+        with self.gate:
+            return story(engine, text, row, vp.prompt, vp.settings)
 
     def strip(self, vp: ViewParams) -> dict:
         """Every position of ``vp``'s prompt (app/strip.py), inside the gate; its timing gains

@@ -69,7 +69,12 @@ def distribution(dist: list[dict]) -> Markup:
 
 
 def neighbour(t: dict) -> Markup:
-    return Markup(f'<span class="str"><span class="head">{_e(t["head"])}</span><mark>{_e(t["tail"])}</mark></span>')
+    """A pool string with the ending it shares with the prompt marked; a link to its story when the
+    answer gives one (``url``)."""
+    inner = f'<span class="head">{_e(t["head"])}</span><mark>{_e(t["tail"])}</mark>'
+    if t.get("url"):
+        return Markup(f'<a class="str" href="{_e(t["url"])}" title="this string\'s story">{inner}</a>')
+    return Markup(f'<span class="str">{inner}</span>')
 
 
 def neighbour_list(top: list[dict]) -> Markup:

@@ -14,7 +14,7 @@ from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams
 from .safety import CSP_DOCS, csp_with_inline_styles
 from .views import (REPORT_COST, block_context, corpus_context, find_report, get_explorer, query_context,
-                    rebase_urls, report_command, strip_context, interventions_context)
+                    rebase_urls, report_command, strip_context, interventions_context, story_context)
 
 router = APIRouter()
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -66,6 +66,15 @@ def strip_page(request: Request, q: Annotated[StripParams, Query()], ex: Ex):
 def interventions_page(request: Request, q: Annotated[QueryParams, Query()], ex: Ex):
     ctx, status = interventions_context(ex, q)
     return _page(request, "interventions.html", ctx, status)
+
+
+@router.get("/strings/{row}", response_class=HTMLResponse,
+            summary="A pool string's story: its occurrences, its cosine to the prompt in every block, "
+            "its class in each block, the prompt's n-gram (JSON twin: /api/strings/{row})", responses=BAD)
+def story_page(request: Request, row: Annotated[int, Path(description="the pool string's row, from 0")],
+               q: Annotated[QueryParams, Query()], ex: Ex):
+    ctx, status = story_context(ex, row, q)
+    return _page(request, "story.html", ctx, status)
 
 
 @router.get("/corpus", response_class=HTMLResponse, summary="A stretch of the corpus around a position",

@@ -215,3 +215,22 @@ class Effects(Open):
                                          "hellinger (to the unmodified model), top (its most likely "
                                          "characters) and url (the main page so intervened)")
     timing: dict[str, float] = Field(description="milliseconds in the forward passes")
+
+
+class Story(Open):
+    """A pool string's story (/api/strings/{row})."""
+
+    row: int = Field(description="the pool string's row")
+    string: str = Field(description="the pool string")
+    occurrences: int = Field(description="how many times it occurs in the corpus")
+    contexts: list[dict[str, Any]] = Field(description="its first occurrences: pos, before, match, after, "
+                                           "next (the character that followed), line, place, url")
+    follow: list[Token] = Field(description="what followed it in the corpus, as a distribution")
+    follow_total: int = Field(description="how many times something followed it")
+    blocks: list[dict[str, Any]] = Field(description="per block: threshold, class (its nearest pool "
+                                         "strings), class_follow, and with a prompt its cosine and "
+                                         "whether it is a neighbour")
+    prompt: str = Field(description="the prompt it is read against ('' for none)")
+    ngram: dict[str, Any] | None = Field(None, description="with a prompt: its longest suffix found in "
+                                         "the corpus, how often, and what followed it")
+    permalink: str = Field(description="this view's URL")

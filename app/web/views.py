@@ -53,6 +53,10 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
             def main_page(res, eng):
                 d = query_dict(res, eng.store, eng.tok.chars)
                 d["store"]["label"] = vp.store or DEFAULT_STORE
+                if not eng.store.context:  # a pool string's story (/strings/{row})
+                    for blk in d["blocks"]:
+                        for t in blk["top"]:
+                            t["url"] = f"{ex.base}/strings/{t['row']}?{vp.query_string()}"
                 if vp.intervention:
                     d["intervention"] = intervention_dict(eng, res.prompt, vp.intervention,
                                                           res.model_probs)
@@ -86,7 +90,11 @@ def block_context(ex: Explorer, block: int, q: BlockParams) -> tuple[dict, int]:
             raise Rejected(bad)
 
     def present(res: QueryResult, eng: Engine) -> dict:
-        return {"block": block_dict(res, eng.store, eng.tok.chars, block, q.page, q.per_page, q.sort),
+        b = block_dict(res, eng.store, eng.tok.chars, block, q.page, q.per_page, q.sort)
+        if not eng.store.context:
+            for t in b["items"]:
+                t["url"] = f"{ex.base}/strings/{t['row']}?{ctx_qs(q)}"
+        return {"block": b,
                 "data": {"settings": asdict(res.settings)}, "n_layer": eng.store.n_layer}
 
     ctx, status = query_context(ex, q, need_prompt=True, present=present, check=check)
@@ -95,6 +103,11 @@ def block_context(ex: Explorer, block: int, q: BlockParams) -> tuple[dict, int]:
         ctx["from_here"] = place.here_for(f"/blocks/{block}", f"{ctx['qs']}&sort={b['sort']}&per_page="
                                           f"{b['per_page']}&page={b['page']}")
     return ctx, status
+
+
+def ctx_qs(q: QueryParams) -> str:
+    """The query string of a page's prompt and settings, as the links out of it carry them."""
+    return parse(q.form()).query_string()
 
 
 def strip_context(ex: Explorer, q: StripParams) -> tuple[dict, int]:
@@ -131,6 +144,44 @@ def interventions_context(ex: Explorer, q: QueryParams) -> tuple[dict, int]:
         return {"effects": d, "timing": d["timing"]}
 
     return query_context(ex, q, need_prompt=True, run=present)
+
+
+def story_context(ex: Explorer, row: int, q: QueryParams) -> tuple[dict, int]:
+    """Pool string ``row``'s story (app/story.py), against the prompt in ``q`` when it has one;
+    each occurrence placed in the corpus, each string linking to its own story."""
+    p = q.form()
+    ctx = {"form": p, "about": ex.about, "error": None, "story": None, "defaults": ex.defaults(),
+           "permalink": ex.base + "/?" + urlencode({k: v for k, v in p.items() if v})}
+    try:
+        vp = parse(p)
+        eng = ex.engine_for(vp)
+        if eng.store.context:
+            raise Rejected("a string's story needs a pool store: this store holds positions read in "
+                           "context, not pool strings; leave store= out")
+        if not 0 <= row < eng.store.size:
+            raise Rejected(f"row {row} does not exist: the pool has rows 0 to {eng.store.size - 1}", 404)
+        d = ex.story(vp, row)
+    except QueryError as e:
+        ctx["error"] = str(e)
+        return ctx, 400
+    except Rejected as e:
+        ctx["error"] = e.message
+        return ctx, e.status
+    except Busy as e:
+        ctx["error"], ctx["retry_after"] = e.message, e.retry_after
+        return ctx, 503
+    idx = place.text_index(ex)
+    qs = vp.query_string()
+    for c in d["contexts"]:
+        c["line"] = idx.line(c["pos"])[0]
+        c["place"] = idx.place(c["pos"])
+        c["url"] = f"{ex.base}/corpus?pos={c['pos']}"
+    for b in d["blocks"]:
+        for t in b["class"]:
+            t["url"] = f"{ex.base}/strings/{t['row']}?{qs}"
+    d["permalink"] = f"{ex.base}/strings/{row}" + (f"?{qs}" if qs else "")
+    ctx.update({"story": d, "vp": vp, "qs": qs})
+    return ctx, 200
 
 
 def corpus_context(ex: Explorer, q: CorpusParams) -> tuple[dict | None, str | None]:

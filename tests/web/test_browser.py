@@ -281,7 +281,8 @@ PAGES_390 = [("main", "/?prompt=the+king"), ("main-topk", "/?prompt=the+king&mod
              ("too-long", "/?prompt=" + "the+king+" * 40),
              ("strip", "/strip?prompt=the+king+is+dead,+long+may+the+king"),
              ("interventions", "/interventions?prompt=the+king"),
-             ("intervened", "/?prompt=the+king&drop_attn=0,1&drop_ffn=2")]
+             ("intervened", "/?prompt=the+king&drop_attn=0,1&drop_ffn=2"),
+             ("story", "/strings/5?prompt=the+king")]
 
 
 @pytest.mark.parametrize("name,path", PAGES_390)
@@ -335,6 +336,22 @@ def test_toggle_an_intervention_then_open_the_sublayer_table(server, page):
         page.set_viewport_size({"width": width, "height": 900})
         page.goto(server + "/interventions?prompt=the+king")
         page.screenshot(path=str(ARTIFACTS / f"interventions-{width}.png"), full_page=True)
+
+
+def test_open_a_neighbours_story_and_follow_its_class(server, page):
+    """A neighbour string on the main page opens its story; a string of its class in a block opens
+    that string's own story, still against the prompt."""
+    page.goto(server + "/?prompt=the+king&mode=topk&k=5")
+    page.wait_for_selector("#results .answer", state="attached")
+    link = page.locator("#results a.str").first
+    link.wait_for()
+    link.click()
+    page.wait_for_url(re.compile(r"/strings/\d+\?prompt=the"))
+    assert "The story of" in page.locator("h1").inner_text()
+    first = page.url
+    page.locator(".story-class a.str").first.click()
+    page.wait_for_url(re.compile(r"/strings/\d+\?prompt=the"))
+    assert page.url != first and page.locator(".story-vs").count() == 1
 
 
 # --- /docs offline (issue 17, item 5) ---------------------------------------------------------------

@@ -206,3 +206,40 @@ def test_an_intervention_in_the_url_and_the_sublayer_table(client, engine):
         for path in ("/api/query", "/", "/api/interventions"):
             r = client.get(path, params=params)
             assert r.status_code == 400 and message in r.text, (path, r.text[:200])
+
+
+def test_a_strings_story_and_its_json_twin(client, engine):
+    """/strings/{row}: every occurrence (the pool's own positions), what followed it, its cosine
+    to the prompt in every block (a neighbour exactly when above the block's threshold), its class
+    in each block, and the prompt's longest suffix in the corpus with what followed it."""
+    import numpy as np
+    import torch
+
+    from app.search import unit
+
+    prompt = engine.tok.decode(engine.store.pool.strings(engine.store.corpus_ids)[40])
+    j = client.get("/api/query", params={"prompt": prompt}).json()
+    blk = next(b for b in j["blocks"] if b["top"])
+    t = blk["top"][0]
+    assert t["url"].startswith(f"/strings/{t['row']}?prompt=")
+    s = client.get(f"/api/strings/{t['row']}", params={"prompt": prompt}).json()
+    assert s["string"] == t["text"]
+    text = engine.tok.decode(engine.store.corpus_ids)
+    assert s["occurrences"] == sum(text.startswith(t["text"], i) for i in range(len(text) - len(t["text"]) + 1))
+    for c in s["contexts"]:
+        assert c["match"] == t["text"] and text[c["pos"] + len(t["text"])] == c["next"]
+    _, acts = engine.forward(engine.encode(prompt))
+    for b in s["blocks"]:
+        x = torch.from_numpy(np.asarray(engine.store.unit[b["block"], t["row"]], dtype=np.float32))
+        assert b["cosine"] == pytest.approx(float(unit(acts[b["block"]]) @ unit(x)), abs=1e-5)
+        assert b["neighbour"] == (b["cosine"] > b["threshold"])
+        assert t["row"] not in [c["row"] for c in b["class"]] and len(b["class"]) == 8
+    assert s["blocks"][blk["block"]]["neighbour"]
+    g = s["ngram"]
+    assert prompt.endswith(g["suffix"]) and g["length"] == len(prompt)  # a pool string occurs
+    assert g["occurrences"] == sum(text.startswith(prompt, i) for i in range(len(text)))
+    r = client.get(t["url"])
+    assert r.status_code == 200 and "The story of" in r.text and "n-gram" in r.text
+    assert client.get("/api/strings/99999999").status_code == 404
+    assert client.get(f"/api/strings/{t['row']}", params={"prompt": "ab{"}).status_code == 400
+    assert f"/strings/{t['row']}" in client.get(f"/blocks/{blk['block']}", params={"prompt": prompt}).text
