@@ -21,17 +21,10 @@ def occurrences(engine: Engine, row: int) -> np.ndarray:
     return np.flatnonzero(engine.store.pool.at == row)
 
 
-def suffix_ngram(text: str, prompt: str, chars: str) -> dict:
+def suffix_counts(text: str, prompt: str, chars: str) -> tuple[str, int, np.ndarray]:
     """The prompt's longest suffix that occurs in ``text`` (binary search on its length: a suffix
     that occurs has every shorter one occurring too), how often it occurs there (overlaps
-    counted) and the characters that followed it."""
-    def follow(s: str) -> list[int]:
-        at, out = text.find(s), []
-        while at >= 0:
-            out.append(at)
-            at = text.find(s, at + 1)
-        return out
-
+    counted), and the counts (V,) of the characters that followed it."""
     lo, hi = 0, len(prompt)  # the suffix of length lo occurs (the empty one always)
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -39,16 +32,23 @@ def suffix_ngram(text: str, prompt: str, chars: str) -> dict:
             lo = mid
         else:
             hi = mid - 1
-    suffix = prompt[len(prompt) - lo :] if lo else ""
+    suffix = prompt[len(prompt) - lo :]
     counts = np.zeros(len(chars), dtype=np.int64)
-    starts = follow(suffix) if lo else []
     index = {c: i for i, c in enumerate(chars)}
-    for at in starts:
-        nxt = at + lo
-        if nxt < len(text):
-            counts[index[text[nxt]]] += 1
+    seen, at = 0, text.find(suffix) if lo else -1
+    while at >= 0:
+        seen += 1
+        if at + lo < len(text):
+            counts[index[text[at + lo]]] += 1
+        at = text.find(suffix, at + 1)
+    return suffix, seen, counts
+
+
+def suffix_ngram(text: str, prompt: str, chars: str) -> dict:
+    """:func:`suffix_counts` as data: the suffix, its length, its occurrences and what followed."""
+    suffix, seen, counts = suffix_counts(text, prompt, chars)
     total = int(counts.sum())
-    return {"suffix": suffix, "label": visible(suffix), "length": lo, "occurrences": len(starts),
+    return {"suffix": suffix, "label": visible(suffix), "length": len(suffix), "occurrences": seen,
             "follow": top_tokens(counts / total if total else counts.astype(float), chars)}
 
 

@@ -50,6 +50,7 @@ class Explorer:
         self.cache_size, self.cache_rows = cache_size, cache_rows
         self._defaults: dict[str, dict] = {}  # store label -> defaults() (computed once)
         self._text: str | None = None  # the corpus as text (corpus_text)
+        self._seeds: dict | None = None  # the committed other-seed models (comparisons)
 
     @staticmethod
     def _backends(engine: Engine) -> dict[str, Engine]:
@@ -123,6 +124,20 @@ class Explorer:
         text = self.corpus_text()
         with self.gate:
             return story(engine, text, row, vp.prompt, vp.settings)
+
+    def comparisons(self, vp: ViewParams, prompt: str) -> list[dict]:
+        """Every reading of ``prompt``'s next character (app/compare.py), inside the gate; the
+        committed other-seed models are loaded on first use and kept."""
+        from ..compare import committed_seeds, comparisons
+
+        engine = self.engine_for(vp)
+        text = self.corpus_text()
+        with self._lock:
+            if self._seeds is None:
+                self._seeds = committed_seeds(self.about.get("model", ""), engine.tok.chars,
+                                              self.about.get("corpus_sha256", ""), engine.device)
+        with self.gate:
+            return comparisons(engine, text, prompt, vp.settings, self._seeds)
 
     def strip(self, vp: ViewParams) -> dict:
         """Every position of ``vp``'s prompt (app/strip.py), inside the gate; its timing gains

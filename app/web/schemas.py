@@ -203,6 +203,9 @@ class Strip(Open):
     mean_hellinger: float = Field(description="H averaged over the positions")
     agree_top1: float = Field(description="the share of positions whose top-1 characters agree")
     timing: dict[str, float] = Field(description="milliseconds in the forward pass, the searches and the blend")
+    comparisons: list[dict[str, Any]] | None = Field(None, description="for the focused prefix (without an "
+                                                   "intervention): every reading of the next character, "
+                                                   "each with name, kind, hellinger to the model, top, note")
     permalink: str = Field(description="this view's URL")
 
 

@@ -121,6 +121,8 @@ def strip_context(ex: Explorer, q: StripParams) -> tuple[dict, int]:
     def present(vp: ViewParams, eng: Engine) -> dict:
         d = ex.strip(vp)
         focus = q.pos if q.pos >= 0 else len(vp.prompt) - 1
+        if not vp.intervention:  # the other readings are of the unmodified model
+            d["comparisons"] = ex.comparisons(vp, vp.prompt[: focus + 1])
         d.update({"focus": focus, "store": vp.store or DEFAULT_STORE,
                   "n_layer": eng.store.n_layer, "n": eng.store.pool.n})
         qs = vp.query_string()
