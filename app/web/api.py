@@ -42,7 +42,8 @@ def api_query(q: Annotated[QueryParams, Query()], ex: Ex):
     if status != 200:
         return _refusal(ctx, status)
     t0 = time.perf_counter()
-    r = JSONResponse({**ctx["data"], "permalink": ctx["permalink"]})  # plain data: no re-encoding
+    r = JSONResponse({**ctx["data"], "permalink": ctx["permalink"],  # plain data: no re-encoding
+                      "provenance": ctx["provenance"]})
     return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
 
 
@@ -65,7 +66,8 @@ def api_strip(q: Annotated[StripParams, Query()], ex: Ex):
     if status != 200:
         return _refusal(ctx, status)
     t0 = time.perf_counter()
-    r = JSONResponse({**ctx["strip"], "permalink": ctx["strip"]["positions"][ctx["strip"]["focus"]]["url"]})
+    r = JSONResponse({**ctx["strip"], "permalink": ctx["strip"]["positions"][ctx["strip"]["focus"]]["url"],
+                      "provenance": ctx["provenance"]})
     return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
 
 
@@ -114,4 +116,4 @@ def api_report(request: Request, q: Annotated[ReportParams, Query()]):
 @router.get("/info", summary="The model, corpus and store being served, and their defaults",
             response_model=Info)
 def api_info(ex: Ex):
-    return _json({**ex.about, "defaults": ex.defaults()})
+    return _json({**ex.about, "defaults": ex.defaults(), "stamp": ex.stamp})

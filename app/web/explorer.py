@@ -44,6 +44,11 @@ class Explorer:
                                          "backends": list(es)}
                                  for label, es in self.engines.items()}}
         self.gate = gate or Gate.from_env()
+        m = engine.store.manifest
+        # What a permalink was made on: the model's name, its weights' and the store's vectors'
+        # hash prefixes (links.ORDER leaves it last; provenance() compares it).
+        self.stamp = ".".join([str(about.get("model") or "model"), str(m.get("model_sha256", ""))[:8],
+                               str(m.get("unit_fingerprint", ""))[:8]])
         self._cache: OrderedDict = OrderedDict()  # key -> (result, its lock, its neighbour rows)
         self._cache_rows = 0
         self._lock = threading.Lock()
@@ -107,6 +112,24 @@ class Explorer:
                 out["timing"] = {**({"cache": 1e3 * (t1 - t0)} if cached else res.timing),
                                  "present": 1e3 * (time.perf_counter() - t1)}
                 return out
+
+    def provenance(self, on: str) -> dict:
+        """Whether a link's ``on`` (what it was made on) is what this server runs, and if not, what
+        differs and how to serve the original."""
+        out = {"serving": self.stamp, "link": on or None, "matches": not on or on == self.stamp}
+        if out["matches"]:
+            return out
+        name, w, v = (on.split(".") + ["", "", ""])[:3]
+        mine = self.stamp.split(".")
+        what = [f"the model ({name or '?'}, weights {w or '?'}) is not the one served "
+                f"({mine[0]}, weights {mine[1]})"] if [name, w] != mine[:2] else []
+        if v != mine[2]:
+            what.append(f"the store's vectors ({v or '?'}) are not this server's ({mine[2]})")
+        out["message"] = ("This link was made on another explorer: " + "; ".join(what or ["it differs"])
+                          + ". The numbers shown are this server's. To see the original, serve "
+                          f"that model with its corpus: ffnlens serve --model {name or 'MODEL'} "
+                          "--corpus ITS_CORPUS (the store is rebuilt from the same weights and text).")
+        return out
 
     def corpus_text(self) -> str:
         """The default store's corpus as text (decoded once, on first use, and kept)."""

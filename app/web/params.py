@@ -46,6 +46,10 @@ class QueryParams(BaseModel):
                            "beside it); empty: none")
     drop_ffn: str = Field("", description="blocks whose FFN output the model runs without, "
                           "comma-separated; empty: none")
+    on: str = Field("", max_length=100, description="the model and store a permalink was made on "
+                    "(MODEL.WEIGHTS.VECTORS, hash prefixes; every permalink the server writes "
+                    "carries it): when it differs from what this server runs, the answer is this "
+                    "server's, with a notice saying what differs")
 
     def form(self) -> dict:
         """The parameters as given, in the form's order (the page shows them back)."""

@@ -75,6 +75,10 @@ class QueryAnswer(Open):
     hellinger: float = Field(description="Hellinger distance between the model's and the approximation's distributions")
     agreement: dict[str, Any] = Field(description="top-k agreement, by k")
     fallback: str | None = Field(description="what filled in where the neighbours had no counts, if anything")
+    provenance: dict[str, Any] | None = Field(None, description="serving (what this server runs: "
+                                              "MODEL.WEIGHTS.VECTORS), link (the on= the request "
+                                              "carried), matches, and when they differ a message "
+                                              "saying what differs and the command to serve the original")
     intervention: dict[str, Any] | None = Field(None, description="with drop_attn / drop_ffn: the "
                                                 "sublayers dropped, the unmodified model's top "
                                                 "characters (original_top) and distribution "
@@ -172,6 +176,8 @@ class Info(Open):
     n_layer: int
     backend: str = Field(description="the default search backend")
     backends: list[str] = Field(description="the backends the default store has")
+    stamp: str | None = Field(None, description="what permalinks are made on: MODEL.WEIGHTS.VECTORS "
+                              "(the model's name, its weights' and the store's vectors' hash prefixes)")
     store: str
     stores: dict[str, dict[str, Any]] = Field(description="every store served, by label")
     device: str

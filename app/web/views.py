@@ -37,7 +37,8 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
     try:
         vp = parse(p)
         ctx["vp"] = vp
-        ctx["permalink"] = ex.base + ("/?" + vp.query_string() if vp.raw else "/")
+        ctx["permalink"] = ex.base + "/?" + vp.query_string(on=ex.stamp)
+        ctx["provenance"] = ex.provenance(p.get("on", ""))
         ctx["defaults"] = ex.defaults(vp.store)
         if vp.prompt or need_prompt:
             eng = ex.engine_for(vp)
@@ -127,7 +128,7 @@ def strip_context(ex: Explorer, q: StripParams) -> tuple[dict, int]:
                   "n_layer": eng.store.n_layer, "n": eng.store.pool.n})
         qs = vp.query_string()
         for p in d["positions"]:
-            p["url"] = f"{ex.base}/strip?{qs}&pos={p['pos']}"
+            p["url"] = f"{ex.base}/strip?{qs}&pos={p['pos']}&on={ex.stamp}"
             p["query_url"] = f"{ex.base}/?{vp.query_string(prompt=vp.prompt[: p['pos'] + 1])}"
         return {"strip": d, "timing": d["timing"]}
 
@@ -181,7 +182,9 @@ def story_context(ex: Explorer, row: int, q: QueryParams) -> tuple[dict, int]:
     for b in d["blocks"]:
         for t in b["class"]:
             t["url"] = f"{ex.base}/strings/{t['row']}?{qs}"
-    d["permalink"] = f"{ex.base}/strings/{row}" + (f"?{qs}" if qs else "")
+    d["permalink"] = f"{ex.base}/strings/{row}?" + vp.query_string(on=ex.stamp)
+    d["provenance"] = ex.provenance(p.get("on", ""))
+    ctx["provenance"] = d["provenance"]
     ctx.update({"story": d, "vp": vp, "qs": qs})
     return ctx, 200
 

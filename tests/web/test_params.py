@@ -61,7 +61,7 @@ def test_the_docs_describe_every_parameter_and_answer(client):
                 assert "400" in ops["get"]["responses"], path
     names = {p["name"] for p in schema["paths"]["/api/blocks/{block}"]["get"]["parameters"]}
     assert names == {"block", "prompt", "mode", "thresholds", "k", "weights", "blend", "exclude_self", "show",
-                     "backend", "exact", "store", "page", "per_page", "sort"}
+                     "backend", "exact", "store", "drop_attn", "drop_ffn", "on", "page", "per_page", "sort"}
 
 
 def test_the_answer_models_describe_the_answers(client):

@@ -61,7 +61,8 @@ def test_permalink_with_every_setting_reproduces_the_view(client):
     assert api["settings"]["weights"] == [1, 1, 1, 1, 2, 0] and api["settings"]["exclude_self"]
     assert all(b["neighbours"] == 7 and len(b["top"]) == 5 for b in api["blocks"])
     link = api["permalink"]
-    assert parse_qs(urlparse(link).query) == {k: [v] for k, v in ALL_SETTINGS.items()}
+    assert parse_qs(urlparse(link).query) == {**{k: [v] for k, v in ALL_SETTINGS.items()},
+                                              "on": [api["provenance"]["serving"]]}
     again = client.get("/api" + urlparse(link).path.rstrip("/") + "/query?" + urlparse(link).query).json() \
         if False else client.get("/api/query?" + urlparse(link).query).json()
     assert again["hellinger"] == api["hellinger"] and again["blocks"] == api["blocks"]
@@ -74,7 +75,7 @@ def test_defaults_are_left_out_of_the_url(client):
     r = client.get("/results", params={"prompt": "the king ", "mode": "threshold", "k": "200",
                                        "blend": "raw", "thresholds": "", "weights": "", "show": "10"})
     assert r.status_code == 200
-    assert r.headers["HX-Push-Url"] == "/?prompt=the+king+"
+    assert r.headers["HX-Push-Url"] == "/?prompt=the+king+&on=" + client.get("/api/info").json()["stamp"]
 
 
 def test_block_page_and_its_json_twin(client):
@@ -165,7 +166,7 @@ def test_strip_page_and_its_json_twin(client):
     position links to itself focused and to the main page for its prefix; bad input is a 400."""
     j = client.get("/api/strip", params={"prompt": "the king", "pos": 2}).json()
     assert [p["char"] for p in j["positions"]] == list("the king") and j["focus"] == 2
-    assert j["permalink"] == "/strip?prompt=the+king&pos=2"
+    assert j["permalink"] == "/strip?prompt=the+king&pos=2&on=" + j["provenance"]["serving"]
     assert j["positions"][3]["query_url"] == "/?prompt=the+"
     assert client.get("/api/strip", params={"prompt": "the king"}).json()["focus"] == 7
     r = client.get("/strip", params={"prompt": "the king", "pos": 2})
@@ -195,7 +196,7 @@ def test_an_intervention_in_the_url_and_the_sublayer_table(client, engine):
     iv = j["intervention"]
     assert iv["drop_ffn"] == [0, 2] and iv["drop_attn"] == [1]
     assert iv["original_top"][0]["p"] == pytest.approx(float(plain.model_probs.max()))
-    assert j["permalink"] == "/?prompt=the+king&drop_attn=1&drop_ffn=0%2C2"
+    assert j["permalink"] == "/?prompt=the+king&drop_attn=1&drop_ffn=0%2C2&on=" + j["provenance"]["serving"]
     assert "ran without" in client.get(j["permalink"]).text
     assert "intervention" not in client.get("/api/query", params={"prompt": "the king"}).json()
     e = client.get("/api/interventions", params={"prompt": "the king"}).json()
@@ -261,3 +262,24 @@ def test_the_strip_compares_every_reading_of_the_focused_prefix(client, engine):
     assert rows["approximation"]["hellinger"] == pytest.approx(q["hellinger"])
     assert "comparisons" not in client.get("/api/strip", params={"prompt": "the king", "drop_ffn": "1"}).json()
     assert "Every reading" in client.get("/strip", params={"prompt": "the king", "pos": 4}).text
+
+
+def test_a_permalink_made_on_another_model_says_so(client):
+    """Every permalink carries what it was made on; opening one made elsewhere answers with this
+    server's numbers and a notice naming what differs and the command to serve the original;
+    the JSON twin says the same in its provenance field."""
+    j = client.get("/api/query", params={"prompt": "the king"}).json()
+    stamp = client.get("/api/info").json()["stamp"]
+    assert j["permalink"].endswith("&on=" + stamp) and j["provenance"] == {
+        "serving": stamp, "link": None, "matches": True}
+    same = client.get(j["permalink"])
+    assert "made on another explorer" not in same.text
+    other = "blog.2f434b8e." + stamp.split(".")[2]
+    k = client.get("/api/query", params={"prompt": "the king", "on": other}).json()
+    assert k["hellinger"] == j["hellinger"] and not k["provenance"]["matches"]
+    msg = k["provenance"]["message"]
+    assert "the model (blog, weights 2f434b8e)" in msg and "ffnlens serve --model blog" in msg
+    assert "vectors" not in msg.split("served")[1].split(".")[0]  # the store's vectors are the same
+    page = client.get("/", params={"prompt": "the king", "on": "micro.00000000.00000000"})
+    assert "made on another explorer" in page.text and "store&#39;s vectors" in page.text
+    assert client.get("/api/query", params={"prompt": "the", "on": "x" * 101}).status_code == 400
