@@ -81,6 +81,12 @@ def test_the_explorer_switches_stores_by_url(context_ws, workspace, engine, sett
     assert blk["neighbours"] == ctx["blocks"][2]["neighbours"]
     bad = client.get("/api/query", params={"prompt": "the king", "store": "context99"})
     assert bad.status_code == 400 and "context16" in bad.json()["detail"]
+    # The strip reads a prompt longer than the pool strings with the in-context store, and says so;
+    # a short one, or store=pool, with the pool store.
+    assert client.get("/api/strip", params={"prompt": "the king and "}).json()["store"] == "context16"
+    assert client.get("/api/strip", params={"prompt": "the king"}).json()["store"] == "pool"
+    assert client.get("/api/strip", params={"prompt": "the king and ", "store": "pool"}).json()["store"] == "pool"
+    assert "characters of context" in client.get("/strip", params={"prompt": "the king and "}).text
     assert client.get("/api/query", params={"prompt": "x", "store": "<b>"}).status_code == 400
 
 

@@ -2,7 +2,7 @@
 return the data both render (a context dict and a status). Nothing here knows HTML from JSON."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -120,12 +120,23 @@ def strip_context(ex: Explorer, q: StripParams) -> tuple[dict, int]:
                            f"the last), not {q.pos}")
 
     def present(vp: ViewParams, eng: Engine) -> dict:
-        d = ex.strip(vp)
+        chosen = vp
+        if vp.store is None and len(vp.prompt) > eng.store.pool.n:  # read long prompts in context
+            label = next((lb for lb, es in ex.engines.items()
+                          if next(iter(es.values())).store.context >= len(vp.prompt)), None)
+            if label:
+                chosen = replace(vp, store=label)
+        d = ex.strip(chosen)
         focus = q.pos if q.pos >= 0 else len(vp.prompt) - 1
         if not vp.intervention:  # the other readings are of the unmodified model
-            d["comparisons"] = ex.comparisons(vp, vp.prompt[: focus + 1])
-        d.update({"focus": focus, "store": vp.store or DEFAULT_STORE,
-                  "n_layer": eng.store.n_layer, "n": eng.store.pool.n})
+            d["comparisons"] = ex.comparisons(chosen, vp.prompt[: focus + 1])
+        label = chosen.store or DEFAULT_STORE
+        d.update({"focus": focus, "store": label, "n_layer": eng.store.n_layer, "n": eng.store.pool.n,
+                  "store_note": ("each position read with up to "
+                                 f"{ex.engine_for(chosen).store.context} characters of context, "
+                                 "against the strings of the in-context store")
+                  if chosen is not vp else ("each position's activation searched among the pool "
+                                            "strings, each read alone")})
         qs = vp.query_string()
         for p in d["positions"]:
             p["url"] = f"{ex.base}/strip?{qs}&pos={p['pos']}&on={ex.stamp}"
