@@ -8,7 +8,9 @@ answered at once) on --prompts windows of the validation split at random positio
 `tiny` model's 64-character windows (its context), the reference shape's 256-character ones. It
 prints p50 / p95 of the whole call and of its parts (forward pass, searches, blend), each in
 milliseconds, against issue 19's targets: a 64-character strip on `tiny` <= 150 ms, a 256-character
-one on `blog` <= 1 s (2 cores). Other models are printed without a target.
+one on `blog` <= 1 s (2 cores). Other models are printed without a target. Then the sublayer table
+(app/interventions.py: every block's attention and FFN left out in turn) on the same prompts and on
+their last n characters, for information.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.settings import Settings  # noqa: E402
+from app.interventions import sublayer_effects  # noqa: E402
 from app.strip import strip  # noqa: E402
 from app.workspace import open_engine, open_workspace  # noqa: E402
 
@@ -57,6 +60,18 @@ def bench_strip(model: str, corpus: str | None, n: int) -> dict:
           + (f" (target p95 <= {target:.0f} ms): {verdict}" if target else ""))
     print("  parts p50 / p95: " + ", ".join(f"{k} {v['p50']:.0f} / {v['p95']:.0f} ms"
                                             for k, v in res["parts"].items()))
+    short = [p[-engine.store.pool.n :] for p in prompts]  # the main page's usual prompt length
+    times = []
+    for p in short + prompts:
+        t0 = time.perf_counter()
+        sublayer_effects(engine, p)
+        times.append(1e3 * (time.perf_counter() - t0))
+    res["interventions"] = {"p50_short": q(times[:n], 50), "p50_long": q(times[n:], 50),
+                            "p95": q(times, 95)}
+    print(f"  each sublayer left out (2 x {engine.model.cfg.n_layer} + 1 forward passes): p50 "
+          f"{res['interventions']['p50_short']:.0f} ms ({engine.store.pool.n} characters), "
+          f"{res['interventions']['p50_long']:.0f} ms ({length}); p95 {res['interventions']['p95']:.0f} ms "
+          "(no target)")
     return res
 
 
