@@ -96,3 +96,32 @@ def story(engine: Engine, text: str, row: int, prompt: str = "",
     if prompt:
         out["ngram"] = suffix_ngram(text, prompt, chars)
     return out
+
+
+@torch.inference_mode()
+def finders(engine: Engine, prompts: list[str], row: int, settings: dict, limit: int = 2000,
+            show: int = 12, batch: int = 256) -> dict:
+    """Which of a report's prompts (its first ``limit``) found pool string ``row`` as a neighbour,
+    block by block, under the report's ``settings`` (threshold mode: cosine above the block's
+    threshold; top-k mode: counted by cosine rank against the k-th is not known here, so only
+    threshold mode is answered). Each block: how many found it, and the first ``show`` of them
+    with their cosines."""
+    store = engine.store
+    if settings.get("mode", "threshold") != "threshold":
+        return {"answered": False, "why": "the report ran in top-k mode: who found a string there "
+                "depends on every other string's rank, not on a threshold"}
+    thr = settings["thresholds"]
+    prompts = [p for p in prompts[:limit] if len(p) == len(prompts[0])]
+    X = unit(torch.from_numpy(np.asarray(store.unit[:, row], dtype=np.float32)))  # (L, C)
+    found = [[] for _ in range(store.n_layer)]
+    for a in range(0, len(prompts), batch):
+        ids = np.stack([engine.tok.encode(p) for p in prompts[a : a + batch]])
+        _, acts = engine.forward(ids)  # (L, B, C)
+        cos = (unit(acts) * X[:, None, :]).sum(-1).numpy()  # (L, B)
+        for b in range(store.n_layer):
+            for i in np.flatnonzero(cos[b] > thr[b]):
+                found[b].append((a + int(i), float(cos[b, i])))
+    return {"answered": True, "prompts": len(prompts), "thresholds": thr,
+            "blocks": [{"block": b, "found": len(f),
+                        "first": [{"prompt": prompts[i], "label": visible(prompts[i]), "cosine": c}
+                                  for i, c in f[:show]]} for b, f in enumerate(found)]}

@@ -83,9 +83,9 @@ def api_interventions(q: Annotated[QueryParams, Query()], ex: Ex):
 @router.get("/strings/{row}", summary="A pool string's story: its occurrences, its cosine to the "
             "prompt in every block, its class in each block, the prompt's n-gram", response_model=Story,
             responses={**ERRORS, **MISSING})
-def api_story(row: Annotated[int, Path(description="the pool string's row, from 0")],
+def api_story(request: Request, row: Annotated[int, Path(description="the pool string's row, from 0")],
               q: Annotated[QueryParams, Query()], ex: Ex):
-    ctx, status = story_context(ex, row, q)
+    ctx, status = story_context(ex, row, q, request.app.state.reports)
     if status != 200:
         return _refusal(ctx, status)
     return _json(ctx["story"])

@@ -73,7 +73,7 @@ def interventions_page(request: Request, q: Annotated[QueryParams, Query()], ex:
             "its class in each block, the prompt's n-gram (JSON twin: /api/strings/{row})", responses=BAD)
 def story_page(request: Request, row: Annotated[int, Path(description="the pool string's row, from 0")],
                q: Annotated[QueryParams, Query()], ex: Ex):
-    ctx, status = story_context(ex, row, q)
+    ctx, status = story_context(ex, row, q, request.app.state.reports)
     return _page(request, "story.html", ctx, status)
 
 

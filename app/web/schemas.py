@@ -240,6 +240,9 @@ class Story(Open):
                                          "strings), class_follow, and with a prompt its cosine and "
                                          "whether it is a neighbour")
     prompt: str = Field(description="the prompt it is read against ('' for none)")
+    finders: dict[str, Any] | None = Field(None, description="when the store has a reference report: "
+                                           "which of its prompts (the first 2,000) found this string, "
+                                           "per block, at the report's thresholds")
     ngram: dict[str, Any] | None = Field(None, description="with a prompt: its longest suffix found in "
                                          "the corpus, how often, and what followed it")
     permalink: str = Field(description="this view's URL")

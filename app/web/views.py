@@ -160,9 +160,10 @@ def interventions_context(ex: Explorer, q: QueryParams) -> tuple[dict, int]:
     return query_context(ex, q, need_prompt=True, run=present)
 
 
-def story_context(ex: Explorer, row: int, q: QueryParams) -> tuple[dict, int]:
+def story_context(ex: Explorer, row: int, q: QueryParams, reports: Path | None = None) -> tuple[dict, int]:
     """Pool string ``row``'s story (app/story.py), against the prompt in ``q`` when it has one;
-    each occurrence placed in the corpus, each string linking to its own story."""
+    each occurrence placed in the corpus, each string linking to its own story; and when the store
+    has a reference report (in ``reports``), which of its prompts found the string."""
     p = q.form()
     ctx = {"form": p, "about": ex.about, "error": None, "story": None, "defaults": ex.defaults(),
            "permalink": ex.base + "/?" + urlencode({k: v for k, v in p.items() if v})}
@@ -193,6 +194,15 @@ def story_context(ex: Explorer, row: int, q: QueryParams) -> tuple[dict, int]:
     for b in d["blocks"]:
         for t in b["class"]:
             t["url"] = f"{ex.base}/strings/{t['row']}?{qs}"
+    folder, _ = find_report(reports, "reference") if reports else (None, None)
+    if folder is not None:
+        from ..story import finders
+        from ..study.storage import load_report
+
+        rep = load_report(folder)[0]
+        with ex.gate:
+            d["finders"] = finders(eng, rep["per_prompt"]["prompts"], row, rep["meta"]["settings"])
+        d["finders"]["report"] = f"{ex.base}/report?mode=reference"
     d["permalink"] = f"{ex.base}/strings/{row}?" + vp.query_string(on=ex.stamp)
     d["provenance"] = ex.provenance(p.get("on", ""))
     ctx["provenance"] = d["provenance"]

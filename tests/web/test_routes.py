@@ -283,3 +283,27 @@ def test_a_permalink_made_on_another_model_says_so(client):
     page = client.get("/", params={"prompt": "the king", "on": "micro.00000000.00000000"})
     assert "made on another explorer" in page.text and "store&#39;s vectors" in page.text
     assert client.get("/api/query", params={"prompt": "the", "on": "x" * 101}).status_code == 400
+
+
+def test_a_strings_story_says_which_report_prompts_found_it(report_client, reports, engine):
+    """With a reference report served, the story lists, per block, the report's prompts whose
+    activation lies above the report's threshold from the string: counted by hand here."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from app.search import unit
+
+    rep = json.loads((reports / "reference" / "report.json").read_text())
+    prompts, thr = rep["per_prompt"]["prompts"], rep["meta"]["settings"]["thresholds"]
+    row = engine.store.find(engine.encode(prompts[0]))
+    fi = report_client.get(f"/api/strings/{row}").json()["finders"]
+    assert fi["answered"] and fi["prompts"] == len(prompts) and fi["thresholds"] == thr
+    _, acts = engine.forward(np.stack([engine.encode(p) for p in prompts]))
+    x = unit(torch.from_numpy(np.asarray(engine.store.unit[:, row], dtype=np.float32)))
+    for b in fi["blocks"]:
+        cos = (unit(acts[b["block"]]) @ x[b["block"]]).numpy()
+        assert b["found"] == int((cos > thr[b["block"]]).sum()) >= 1  # its own string finds it
+        assert prompts[0] in [t["prompt"] for t in b["first"]]
+    assert "found it" in report_client.get(f"/strings/{row}").text
