@@ -130,13 +130,12 @@ def strip_context(ex: Explorer, q: StripParams) -> tuple[dict, int]:
         focus = q.pos if q.pos >= 0 else len(vp.prompt) - 1
         if not vp.intervention:  # the other readings are of the unmodified model
             d["comparisons"] = ex.comparisons(chosen, vp.prompt[: focus + 1])
-        label = chosen.store or DEFAULT_STORE
+        label, context = chosen.store or DEFAULT_STORE, ex.engine_for(chosen).store.context
         d.update({"focus": focus, "store": label, "n_layer": eng.store.n_layer, "n": eng.store.pool.n,
-                  "store_note": ("each position read with up to "
-                                 f"{ex.engine_for(chosen).store.context} characters of context, "
-                                 "against the strings of the in-context store")
-                  if chosen is not vp else ("each position's activation searched among the pool "
-                                            "strings, each read alone")})
+                  "store_note": (f"each position read with up to {context} characters of context, "
+                                 "against the positions of the in-context store, read the same way")
+                  if context else ("each position's activation searched among the pool strings, "
+                                   "each read alone")})
         qs = vp.query_string()
         for p in d["positions"]:
             p["url"] = f"{ex.base}/strip?{qs}&pos={p['pos']}&on={ex.stamp}"
