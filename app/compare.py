@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.checkpoint import COMMITTED, load_model
 from model.gpt import GPT
 
 from .approx import Engine, QuerySettings
@@ -16,16 +15,6 @@ from .metrics import hellinger
 from .present import top_tokens
 from .story import suffix_counts
 from .study.baselines.logit_lens import logit_lens
-
-
-def committed_seeds(model_name: str, chars: str, corpus_sha256: str, device: str = "cpu") -> dict[str, GPT]:
-    """The committed models ``model_name``-seedN of the same vocabulary and corpus, by "seed N"."""
-    out = {}
-    for cfg in sorted(COMMITTED.glob(f"{model_name}-seed*/config.json")):
-        model, tok, info = load_model(cfg.parent, device=device)
-        if tok.chars == chars and info.get("corpus", {}).get("sha256") == corpus_sha256:
-            out["seed " + cfg.parent.name.rsplit("-seed", 1)[1]] = model
-    return out
 
 
 @torch.inference_mode()

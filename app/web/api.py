@@ -28,6 +28,14 @@ def _json(data) -> JSONResponse:
     return JSONResponse(jsonable_encoder(data))
 
 
+def _timed(body: dict, ctx: dict) -> JSONResponse:
+    """``body`` sent as it is (plain data: no re-encoding), with Server-Timing naming the engine's
+    parts and the JSON encoding's."""
+    t0 = time.perf_counter()
+    r = JSONResponse(body)
+    return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
+
+
 def _refusal(ctx: dict, status: int) -> JSONResponse:
     body = {"detail": ctx["error"]}
     if status == 503:
@@ -41,10 +49,7 @@ def api_query(q: Annotated[QueryParams, Query()], ex: Ex):
     ctx, status = query_context(ex, q, need_prompt=True)
     if status != 200:
         return _refusal(ctx, status)
-    t0 = time.perf_counter()
-    r = JSONResponse({**ctx["data"], "permalink": ctx["permalink"],  # plain data: no re-encoding
-                      "provenance": ctx["provenance"]})
-    return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
+    return _timed({**ctx["data"], "permalink": ctx["permalink"], "provenance": ctx["provenance"]}, ctx)
 
 
 @router.get("/blocks/{block}", summary="One block's neighbours, paged, with corpus contexts",
@@ -54,9 +59,7 @@ def api_block(block: Annotated[int, Path(description="the block, from 0")],
     ctx, status = block_context(ex, block, q)
     if status != 200:
         return _refusal(ctx, status)
-    t0 = time.perf_counter()
-    r = JSONResponse(ctx["block"])
-    return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
+    return _timed(ctx["block"], ctx)
 
 
 @router.get("/strip", summary="Every position of the prompt: the model's and the approximation's "
@@ -65,10 +68,9 @@ def api_strip(q: Annotated[StripParams, Query()], ex: Ex):
     ctx, status = strip_context(ex, q)
     if status != 200:
         return _refusal(ctx, status)
-    t0 = time.perf_counter()
-    r = JSONResponse({**ctx["strip"], "permalink": ctx["strip"]["positions"][ctx["strip"]["focus"]]["url"],
-                      "provenance": ctx["provenance"]})
-    return server_timing(r, ctx, json=1e3 * (time.perf_counter() - t0))
+    strip = ctx["strip"]
+    return _timed({**strip, "permalink": strip["positions"][strip["focus"]]["url"],
+                   "provenance": ctx["provenance"]}, ctx)
 
 
 @router.get("/interventions", summary="Each block's attention and FFN output dropped in turn: how "

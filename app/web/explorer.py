@@ -151,14 +151,16 @@ class Explorer:
     def comparisons(self, vp: ViewParams, prompt: str) -> list[dict]:
         """Every reading of ``prompt``'s next character (app/compare.py), inside the gate; the
         committed other-seed models are loaded on first use and kept."""
-        from ..compare import committed_seeds, comparisons
+        from ..compare import comparisons
+        from ..study.baselines.seeds import committed_seeds
 
         engine = self.engine_for(vp)
         text = self.corpus_text()
         with self._lock:
             if self._seeds is None:
-                self._seeds = committed_seeds(self.about.get("model", ""), engine.tok.chars,
-                                              self.about.get("corpus_sha256", ""), engine.device)
+                found = committed_seeds(self.about.get("model", ""), engine.tok.chars,
+                                        self.about.get("corpus_sha256", ""), engine.device)
+                self._seeds = {f"seed {seed}": model for seed, model in found.items()}
         with self.gate:
             return comparisons(engine, text, prompt, vp.settings, self._seeds)
 

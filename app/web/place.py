@@ -115,10 +115,7 @@ def text_index(ex) -> TextIndex:
         with _BUILDING:
             idx = getattr(ex, "_text_index", None)
             if idx is None:
-                eng = ex.engine
-                table = np.array(list(eng.tok.chars), dtype=object)
-                text = "".join(table[eng.store.corpus_ids].tolist())
-                idx = TextIndex(text, plays=ex.about.get("corpus") == DEFAULT_CORPUS)
+                idx = TextIndex(ex.corpus_text(), plays=ex.about.get("corpus") == DEFAULT_CORPUS)
                 ex._text_index = idx
     return idx
 

@@ -3,6 +3,7 @@ return the data both render (a context dict and a status). Nothing here knows HT
 from __future__ import annotations
 
 from dataclasses import asdict, replace
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -22,6 +23,19 @@ from .params import (SORTS, BlockParams, CorpusParams, QueryParams, StripParams,
 def get_explorer(request: Request) -> Explorer:
     """The explorer of the app (or mounted model) answering the request."""
     return request.app.state.explorer
+
+
+def refused(ctx: dict, e: QueryError | Rejected | Busy) -> int:
+    """Put a refusal's message (and a busy server's wait) into ``ctx``; returns its status: 400
+    for a prompt or setting to fix, the route's own for a Rejected, 503 when the gate is full."""
+    if isinstance(e, Busy):
+        ctx["error"], ctx["retry_after"] = e.message, e.retry_after
+        return 503
+    if isinstance(e, Rejected):
+        ctx["error"] = e.message
+        return e.status
+    ctx["error"] = str(e)
+    return 400
 
 
 def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None, check=None,
@@ -65,15 +79,8 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
 
             ctx.update(run(vp, eng) if run else ex.run(vp, present or main_page))
         return ctx, 200
-    except QueryError as e:
-        ctx["error"] = str(e)
-        return ctx, 400
-    except Rejected as e:
-        ctx["error"] = e.message
-        return ctx, e.status
-    except Busy as e:
-        ctx["error"], ctx["retry_after"] = e.message, e.retry_after
-        return ctx, 503
+    except (QueryError, Rejected, Busy) as e:
+        return ctx, refused(ctx, e)
     finally:  # a refusal before the settings were read shows the default store's
         if ctx["defaults"] is None:
             ctx["defaults"] = ex.defaults()
@@ -175,15 +182,8 @@ def story_context(ex: Explorer, row: int, q: QueryParams, reports: Path | None =
         if not 0 <= row < eng.store.size:
             raise Rejected(f"row {row} does not exist: the pool has rows 0 to {eng.store.size - 1}", 404)
         d = ex.story(vp, row)
-    except QueryError as e:
-        ctx["error"] = str(e)
-        return ctx, 400
-    except Rejected as e:
-        ctx["error"] = e.message
-        return ctx, e.status
-    except Busy as e:
-        ctx["error"], ctx["retry_after"] = e.message, e.retry_after
-        return ctx, 503
+    except (QueryError, Rejected, Busy) as e:
+        return ctx, refused(ctx, e)
     idx = place.text_index(ex)
     qs = vp.query_string()
     for c in d["contexts"]:
@@ -196,17 +196,26 @@ def story_context(ex: Explorer, row: int, q: QueryParams, reports: Path | None =
     folder, _ = find_report(reports, "reference") if reports else (None, None)
     if folder is not None:
         from ..story import finders
-        from ..study.storage import load_report
 
-        rep = load_report(folder)[0]
+        prompts, settings = _report_prompts(folder, (folder / "report.json").stat().st_mtime_ns)
         with ex.gate:
-            d["finders"] = finders(eng, rep["per_prompt"]["prompts"], row, rep["meta"]["settings"])
+            d["finders"] = finders(eng, prompts, row, settings)
         d["finders"]["report"] = f"{ex.base}/report?mode=reference"
     d["permalink"] = f"{ex.base}/strings/{row}?" + vp.query_string(on=ex.stamp)
     d["provenance"] = ex.provenance(p.get("on", ""))
     ctx["provenance"] = d["provenance"]
     ctx.update({"story": d, "vp": vp, "qs": qs})
     return ctx, 200
+
+
+@lru_cache(maxsize=4)
+def _report_prompts(folder: Path, version: int) -> tuple[list[str], dict]:
+    """A report's prompts and settings (``version``: report.json's mtime, so a rewritten report is
+    read again); the JSON of 20,000 prompts is 7 MB, read once rather than on every story."""
+    import json
+
+    rep = json.loads((folder / "report.json").read_text())
+    return rep["per_prompt"]["prompts"], rep["meta"]["settings"]
 
 
 def corpus_context(ex: Explorer, q: CorpusParams) -> tuple[dict | None, str | None]:

@@ -298,6 +298,14 @@ def test_no_page_is_wider_than_a_phone(server, browser, name, path):
     assert width <= 390, f"{path} is {width} px wide at 390 px"
 
 
+def shoot(page, url: str, name: str) -> None:
+    """Full-page screenshots of ``url`` at desktop and phone widths, into test-artifacts/."""
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(url)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+
+
 def test_strip_click_a_position_focuses_its_prefix(server, page):
     """/strip: each character is a link; clicking one focuses its prefix (pos= in the URL, the
     panel names the prefix) and the panel's link opens that prefix on the main page."""
@@ -311,10 +319,7 @@ def test_strip_click_a_position_focuses_its_prefix(server, page):
     page.locator(".strip-focus a.open-prefix").click()
     page.wait_for_url(re.compile(r"/\?prompt=the$"))
     page.wait_for_selector("#results .answer", state="attached")
-    for width in (1280, 390):
-        page.set_viewport_size({"width": width, "height": 900})
-        page.goto(server + "/strip?prompt=the+king+is+dead&pos=5")
-        page.screenshot(path=str(ARTIFACTS / f"strip-{width}.png"), full_page=True)
+    shoot(page, server + "/strip?prompt=the+king+is+dead&pos=5", "strip")
 
 
 def test_toggle_an_intervention_then_open_the_sublayer_table(server, page):
@@ -333,10 +338,7 @@ def test_toggle_an_intervention_then_open_the_sublayer_table(server, page):
     page.locator("table.effects tbody tr").nth(1).locator("td").nth(1).locator("a").click()
     page.wait_for_url(re.compile(r"drop_attn=1"))
     page.wait_for_selector(".notice.intervention", state="attached")
-    for width in (1280, 390):
-        page.set_viewport_size({"width": width, "height": 900})
-        page.goto(server + "/interventions?prompt=the+king")
-        page.screenshot(path=str(ARTIFACTS / f"interventions-{width}.png"), full_page=True)
+    shoot(page, server + "/interventions?prompt=the+king", "interventions")
 
 
 def test_open_a_neighbours_story_and_follow_its_class(server, page):
@@ -353,6 +355,7 @@ def test_open_a_neighbours_story_and_follow_its_class(server, page):
     page.locator(".story-class a.str").first.click()
     page.wait_for_url(re.compile(r"/strings/\d+\?prompt=the"))
     assert page.url != first and page.locator(".story-vs").count() == 1
+    shoot(page, page.url, "story")
 
 
 # --- /docs offline (issue 17, item 5) ---------------------------------------------------------------
