@@ -20,7 +20,7 @@ from model.tokenizer import UnknownCharacters
 from model.train import resolve_device
 
 from .approx import Engine
-from .corpus import DEFAULT_CORPUS, Corpus, CorpusError, load_corpus
+from .corpus import DEFAULT_CORPUS, TRAIN_FRACTION, Corpus, CorpusError, load_corpus
 from .calibrate import calibrate_thresholds
 from .search import index_files, make_search
 from .search.bound_build import add_bound, seal_bound
@@ -158,19 +158,39 @@ def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
     engine = Engine(ws.model, ws.tok, st, make_search(st, "exact", ws.device), ws.device)
     defaults = calibrate_thresholds(engine, n_prompts=calibration_prompts, progress=progress)
     extra = {"defaults": defaults,
-             "bound": bound_index(part, progress, defaults.get("thresholds"))}
+             "bound": bound_index(part, progress, defaults.get("thresholds"), pricing_prompts(ws))}
     if ivf_kind:
         extra["ivf"] = ivf_index(part, ivf_kind, progress)
     return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, extra,
                     index_files(ws.model.cfg.n_layer))
 
 
-def bound_index(path: Path, progress: bool = True, thresholds=None) -> dict:
+def bound_index(path: Path, progress: bool = True, thresholds=None,
+                prompts: np.ndarray | None = None) -> dict:
     """Write the bound index beside the vectors at ``path`` (its ranks priced at the calibrated
-    ``thresholds`` too, when given); returns its manifest entry."""
+    ``thresholds`` too, when given, on the outputs ``prompts`` from ``pricing_prompts``);
+    returns its manifest entry."""
     t0 = time.time()
-    info = add_bound(path, thresholds=thresholds, progress=progress)
+    info = add_bound(path, thresholds=thresholds, progress=progress, prompts=prompts)
     return {**info, "seconds": round(time.time() - t0, 1)}
+
+
+@torch.inference_mode()
+def pricing_prompts(ws: Workspace, count: int = 128, seed: int = 0) -> np.ndarray | None:
+    """(L, count, C) float32: the stored output of ``count`` prompts from the validation split
+    (the corpus's last tenth, seed ``seed``), as long as the store's queries (the pool strings'
+    length, or the in-context window): the queries on which the bound's ranks are priced, since
+    pool strings find their neighbours closer than typed prompts do. None when the split is too
+    short to hold them."""
+    length = ws.spec.context or ws.spec.n
+    lo, hi = int(TRAIN_FRACTION * len(ws.ids)), len(ws.ids) - length
+    if hi - lo < count:
+        return None
+    starts = np.random.default_rng(seed).integers(lo, hi, count)
+    idx = torch.from_numpy(np.stack([ws.ids[s : s + length] for s in starts]).astype(np.int64))
+    outs = [ws.model.read_last(idx[i : i + 64].to(ws.device), ws.spec.activation, head=False)[1].cpu()
+            for i in range(0, count, 64)]
+    return torch.cat(outs, 1).numpy()
 
 
 def ivf_index(path: Path, kind: str, progress: bool = True) -> dict:
@@ -197,7 +217,8 @@ def add_missing_indexes(ws: Workspace, ivf_kind: str | None, progress: bool = Tr
         retire_index(ws.store_dir, name)  # a present but unfit index leaves before it is rebuilt
         if name == "bound":
             thresholds = st.manifest.get("defaults", {}).get("thresholds")
-            seal_bound(ws.store_dir, bound_index(ws.store_dir, progress, thresholds))
+            seal_bound(ws.store_dir, bound_index(ws.store_dir, progress, thresholds,
+                                                 pricing_prompts(ws)))
         else:
             seal_ivf(ws.store_dir, ivf_index(ws.store_dir, ivf_kind, progress))
         added.append(name)

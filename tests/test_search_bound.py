@@ -269,6 +269,21 @@ def test_choose_rank_prices_the_ranks_by_what_they_leave():
     assert r == 24
 
 
+def test_ranks_are_priced_on_prompts_from_outside_the_pool(engine, workspace):
+    """Given query outputs, choose_rank prices on them (nothing excluded) instead of pool strings;
+    a store build forwards validation prompts for it and says so in the manifest."""
+    from app.search.bound_build import choose_rank, fit_basis
+    from app.workspace import pricing_prompts
+
+    Q = pricing_prompts(workspace, count=24)
+    L, C = engine.store.n_layer, engine.store.unit.shape[2]
+    assert Q.shape == (L, 24, C) and np.isfinite(Q).all()
+    unit = engine.store.unit[3]
+    r, info = choose_rank(unit, fit_basis(unit, 16), ranks=(2, 8, 16), prompts=Q[3], threshold=0.5)
+    assert info["queries"] == 24 and set(info["score"]) == {2, 8, 16} and r in (2, 8, 16)
+    assert engine.store.manifest["bound"]["priced_on"] == "128 held-out prompts"
+
+
 def test_ranks_differ_by_block_and_answers_stay_exact():
     """An index whose blocks have different ranks (the table's rows per block differ) answers as
     the full scan does in every block, single and batch."""
