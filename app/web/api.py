@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse
 
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
-from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams
-from .schemas import BlockPage, CorpusPlace, Detail, Effects, Info, QueryAnswer, Report, Story, Strip
+from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams, TuneParams
+from .schemas import (BlockPage, CorpusPlace, Detail, Effects, Info, QueryAnswer, Report, Story,
+                      Strip, Tune, TuneBuilding)
 from .views import (block_context, corpus_context, find_report, get_explorer, interventions_context,
-                    query_context, story_context, strip_context)
+                    query_context, story_context, strip_context, tune_context)
 
 router = APIRouter(prefix="/api")
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -91,6 +92,21 @@ def api_story(request: Request, row: Annotated[int, Path(description="the pool s
     if status != 200:
         return _refusal(ctx, status)
     return _json(ctx["story"])
+
+
+@router.get("/tune", summary="Tune the method: the approximation's accuracy over a fixed sample at "
+            "any thresholds and weights, by lookup in a precomputed table (never a search)",
+            response_model=Tune, responses={**ERRORS, 202: {"model": TuneBuilding, "description":
+                                            "the table is being built: ask again after Retry-After"}})
+def api_tune(q: Annotated[TuneParams, Query()], ex: Ex):
+    t0 = time.perf_counter()
+    ctx, status = tune_context(ex, q)
+    if status == 202:
+        return JSONResponse({"building": ctx["building"]}, status_code=202, headers={"Retry-After": "2"})
+    if status != 200:
+        return _refusal(ctx, status)
+    ctx["timing"] = {"lookup": 1e3 * (time.perf_counter() - t0)}
+    return _timed({**ctx["tune"], "provenance": ctx["provenance"]}, ctx)
 
 
 @router.get("/corpus", summary="A stretch of the corpus around a position: where it is (line; play, "

@@ -56,6 +56,7 @@ class Explorer:
         self._defaults: dict[str, dict] = {}  # store label -> defaults() (computed once)
         self._text: str | None = None  # the corpus as text (corpus_text)
         self._seeds: dict | None = None  # the committed other-seed models (comparisons)
+        self._tuner = None  # the tuning instrument's tables (tuner)
 
     @staticmethod
     def _backends(engine: Engine) -> dict[str, Engine]:
@@ -171,6 +172,16 @@ class Explorer:
 
         with self.gate:
             return strip(self.engine_for(vp), vp.prompt, vp.settings, vp.intervention)
+
+    def tuner(self):
+        """The tuning instrument over the default store (app/study/tuning.py): its sample's table is
+        built in the background on first use, then every slider move is a lookup."""
+        from ..study.tuning import Tuner
+
+        with self._lock:
+            if self._tuner is None:
+                self._tuner = Tuner(self.engine)
+            return self._tuner
 
     def defaults(self, store: str | None = None) -> dict:
         """The store's default thresholds and weights as the form shows them, and their rule

@@ -11,10 +11,11 @@ from fastapi.responses import HTMLResponse
 from . import place
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
-from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams
+from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams, TuneParams
 from .safety import CSP_DOCS, csp_with_inline_styles
 from .views import (REPORT_COST, block_context, corpus_context, find_report, get_explorer, query_context,
-                    rebase_urls, report_command, strip_context, interventions_context, story_context)
+                    rebase_urls, report_command, strip_context, interventions_context, story_context,
+                    tune_context)
 
 router = APIRouter()
 Ex = Annotated[Explorer, Depends(get_explorer)]
@@ -75,6 +76,28 @@ def story_page(request: Request, row: Annotated[int, Path(description="the pool 
                q: Annotated[QueryParams, Query()], ex: Ex):
     ctx, status = story_context(ex, row, q, request.app.state.reports)
     return _page(request, "story.html", ctx, status)
+
+
+@router.get("/tune", response_class=HTMLResponse,
+            summary="Tune the method live: sliders per block, the sample's accuracy as they move "
+            "(JSON twin: /api/tune)", responses=BAD)
+def tune_page(request: Request, q: Annotated[TuneParams, Query()], ex: Ex):
+    t0 = time.perf_counter()
+    ctx, status = tune_context(ex, q)
+    ctx["timing"] = {"lookup": 1e3 * (time.perf_counter() - t0)}
+    r = _page(request, "tune.html", ctx, status)
+    if status == 202:
+        r.headers["Refresh"] = "2"  # the table is being built: the page asks again
+    return r
+
+
+@router.get("/tune/figures", response_class=HTMLResponse, include_in_schema=False)
+def tune_figures(request: Request, q: Annotated[TuneParams, Query()], ex: Ex):
+    """The figures part of /tune, for static/js/tune.js (no search: lookups in the table)."""
+    t0 = time.perf_counter()
+    ctx, status = tune_context(ex, q)
+    ctx["timing"] = {"lookup": 1e3 * (time.perf_counter() - t0)}
+    return _page(request, "_tune_figures.html", ctx, status)
 
 
 @router.get("/corpus", response_class=HTMLResponse, summary="A stretch of the corpus around a position",

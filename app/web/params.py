@@ -18,7 +18,7 @@ MAX_PER_PAGE = 500
 RANGES = {"page": (1, 1_000_000), "per_page": (1, MAX_PER_PAGE), "width": (1, 5000)}
 
 __all__ = ["BACKENDS", "MAX_PROMPT", "MAX_PER_PAGE", "RANGES", "ViewParams", "QueryParams",
-           "BlockParams", "StripParams", "CorpusParams", "ReportParams", "SORTS", "check_range", "parse"]
+           "BlockParams", "StripParams", "TuneParams", "CorpusParams", "ReportParams", "SORTS", "check_range", "parse"]
 
 
 class QueryParams(BaseModel):
@@ -75,6 +75,27 @@ class StripParams(QueryParams):
     pos: int = Field(-1, ge=-1, le=RANGES["page"][1],
                      description="the focused position (the prefix ending there), from 0; -1: the "
                      "last; a position past the prompt's end is a 400")
+
+
+class TuneParams(BaseModel):
+    """The tuning instrument: /tune, /tune/figures and /api/tune."""
+
+    prompt: str = Field("", description="a prompt whose answer is shown beside the sample's "
+                        "figures (optional)")
+    thresholds: str = Field("", description="per-block cosine thresholds, comma-separated; each is "
+                            "moved to the nearest level of its block's grid; empty: the store's "
+                            "calibrated ones")
+    weights: str = Field("", description="per-block blend weights, comma-separated; empty: "
+                         "METHOD.md's 0.01,0.01,0.1,1.5,6,0.01")
+    blend: str = Field("raw", description="'raw' (weight x summed counts) or 'normalised'")
+    fit: str = Field("", description="'weights': fit the weights on the tuning half of the sample; "
+                     "'thresholds': fit the thresholds block by block on it; either is reported on "
+                     "the other half; empty: none", json_schema_extra={"enum": ["", "weights", "thresholds"]})
+    on: str = Field("", max_length=100, description="the model and store a permalink was made on "
+                    "(see /api/query)")
+
+    def form(self) -> dict:
+        return self.model_dump(include=set(TuneParams.model_fields))
 
 
 class CorpusParams(BaseModel):

@@ -246,3 +246,45 @@ class Story(Open):
     ngram: dict[str, Any] | None = Field(None, description="with a prompt: its longest suffix found in "
                                          "the corpus, how often, and what followed it")
     permalink: str = Field(description="this view's URL")
+
+
+class TuneFigures(Open):
+    """The approximation's accuracy over a sample at one setting."""
+
+    prompts: int = Field(description="how many prompts the figures are over")
+    mean_h: float = Field(description="mean Hellinger distance to the model")
+    median_h: float = Field(description="median Hellinger distance")
+    top1: float = Field(description="share of prompts whose most likely character agrees")
+    topk: dict[str, float] = Field(description="share whose k most likely characters are the same set, per k")
+    fallback_share: float = Field(description="share where no block found a neighbour (the unigram answers)")
+    h_hist: list[int] = Field(description="prompts per H bin, 20 bins over [0, 1]")
+    median_neighbours: list[float] = Field(description="each block's median neighbour count")
+
+
+class Tune(Open):
+    """The tuning instrument (/api/tune): the sample's figures at these settings, by lookup."""
+
+    sample: str = Field(description="the sample: which prompts, how many, their seed")
+    prompts: int = Field(description="the sample's size")
+    table: dict[str, Any] = Field(description="the precomputed table: bytes, seconds to build, whether "
+                                  "its grids were capped in memory, the grid (span, steps)")
+    settings: dict[str, Any] = Field(description="thresholds (moved to their grids), weights, blend")
+    blocks: list[dict[str, Any]] = Field(description="per block: levels (its threshold grid), level, "
+                                         "threshold, weight, weight_stop")
+    weight_grid: list[float] = Field(description="the weight sliders' stops")
+    figures: TuneFigures = Field(description="the whole sample's figures")
+    fit: dict[str, Any] | None = Field(None, description="with fit=: what was fitted on the tuning "
+                                       "half and the other half's figures before and after")
+    prompt: dict[str, Any] | None = Field(None, description="with a prompt: its H, the model's and "
+                                          "the approximation's first choices")
+    permalink: str = Field(description="this setting's URL")
+    explorer: str = Field(description="the explorer with these settings")
+    cli: str = Field(description="these settings as CLI flags")
+    eval_command: str | None = Field(description="the ffnlens eval command that gives the same figures "
+                                     "(None for a held-out store)")
+
+
+class TuneBuilding(Open):
+    """The tuning table is being built (202)."""
+
+    building: dict[str, Any] = Field(description="done and total prompts, seconds so far")

@@ -16,8 +16,8 @@ from . import place
 from .errors import Rejected
 from .explorer import DEFAULT_STORE, Explorer
 from .gate import Busy
-from .params import (SORTS, BlockParams, CorpusParams, QueryParams, StripParams, ViewParams,
-                     check_range, parse)
+from .params import (SORTS, BlockParams, CorpusParams, QueryParams, StripParams, TuneParams,
+                     ViewParams, check_range, parse)
 
 
 def get_explorer(request: Request) -> Explorer:
@@ -216,6 +216,105 @@ def _report_prompts(folder: Path, version: int) -> tuple[list[str], dict]:
 
     rep = json.loads((folder / "report.json").read_text())
     return rep["per_prompt"]["prompts"], rep["meta"]["settings"]
+
+
+def tune_context(ex: Explorer, q: TuneParams) -> tuple[dict, int]:
+    """The tuning instrument (app/study/tuning.py) at ``q``'s thresholds (moved to their grids),
+    weights and blend: the sample's figures, each block's slider stops, the prompt's answer, and
+    with ``q.fit`` the fitted values and their figures on the other half. 202 while the sample's
+    table is being built (``building``: its progress)."""
+    from ..study.tuning import WEIGHT_GRID, weight_stop
+    from ..study.weights import split_prompts
+
+    p = q.form()
+    ctx = {"form": p, "about": ex.about, "error": None, "tune": None, "building": None,
+           "provenance": ex.provenance(p.get("on", "")), "permalink": ex.base + "/tune"}
+    tuner = ex.tuner()
+    table = tuner.table()
+    if table is None:
+        state = tuner.progress()
+        if state["error"]:
+            ctx["error"] = state["error"]
+            return ctx, 503
+        ctx["building"] = state
+        return ctx, 202
+    try:
+        if q.fit not in ("", "weights", "thresholds"):
+            raise QueryError(f"fit must be 'weights' or 'thresholds', not {q.fit[:20]!r}")
+        vp = parse({"prompt": q.prompt, "mode": "threshold", "thresholds": q.thresholds,
+                    "weights": q.weights, "k": "200", "show": "10", "blend": q.blend, "exclude_self": ""})
+        s = vp.settings.resolved(ex.engine.store)
+        idx, weights = table.snap(s.thresholds), list(s.weights)
+        fit = None
+        if q.fit:
+            tune, test = split_prompts(table.n, seed=0)
+            before = table.score(idx, weights, s.blend, test)
+            if q.fit == "weights":
+                weights = table.fit_weights(idx, s.blend, tune)
+            else:
+                idx = table.fit_thresholds(idx, weights, s.blend, tune)
+            after = table.score(idx, weights, s.blend, test)
+            fit = {"what": q.fit, "tuning_prompts": int(len(tune)), "test_prompts": int(len(test)),
+                   "test_before": _figures(before), "test_after": _figures(after)}
+        answer = None
+        if vp.prompt:
+            with ex.gate:  # the prompt's own searches, once per prompt
+                pt = tuner.prompt_table(vp.prompt, table.levels)
+            answer = _prompt_answer(pt, idx, weights, s.blend, ex.engine.tok.chars)
+    except (QueryError, Busy) as e:
+        return ctx, refused(ctx, e)
+    thresholds = table.thresholds(idx)
+    items = {"prompt": vp.prompt, "thresholds": ",".join(f"{t:g}" for t in thresholds),
+             "weights": ",".join(f"{w:g}" for w in weights), "blend": s.blend}
+    qs = urlencode({k: v for k, v in items.items() if v and not (k == "blend" and v == "raw")})
+    cli = (f"--thresholds {items['thresholds']} --weights {items['weights']}"
+           + (f" --blend {s.blend}" if s.blend != "raw" else ""))
+    ctx["tune"] = {
+        "sample": table.info["sample"], "prompts": table.n, "table": {
+            k: table.info.get(k) for k in ("bytes", "seconds", "capped", "span", "steps", "exclude_self", "backend")},
+        "settings": {"thresholds": thresholds, "weights": weights, "blend": s.blend},
+        "text": {"thresholds": items["thresholds"], "weights": items["weights"]},
+        "blocks": [{"block": b, "levels": [float(x) for x in table.levels[b]], "level": int(i),
+                    "threshold": thresholds[b], "weight": weights[b], "weight_stop": weight_stop(weights[b])}
+                   for b, i in enumerate(idx)],
+        "weight_grid": WEIGHT_GRID,
+        "figures": _figures(table.score(idx, weights, s.blend)),
+        "fit": fit, "prompt": answer,
+        "permalink": f"{ex.base}/tune?{qs}{'&' if qs else ''}on={ex.stamp}",
+        "explorer": f"{ex.base}/?{qs}", "cli": cli,
+        "eval_command": _eval_command(ex, table.n, cli),
+    }
+    ctx["permalink"] = ctx["tune"]["permalink"]
+    return ctx, 200
+
+
+def _eval_command(ex: Explorer, n: int, cli: str) -> str | None:
+    """The ``ffnlens eval`` that gives the tuning figures (it draws the same reference prompts);
+    None for a held-out store, whose sample ``ffnlens eval`` does not draw."""
+    from ..corpus import DEFAULT_CORPUS
+
+    if ex.engine.store.manifest.get("mode") == "heldout":
+        return None
+    corpus = "" if ex.about.get("corpus", DEFAULT_CORPUS) == DEFAULT_CORPUS else " --corpus YOUR_TEXT"
+    return f"ffnlens eval --model {ex.about.get('model') or 'MODEL'}{corpus} --prompts {n} {cli}"
+
+
+def _figures(score: dict) -> dict:
+    """A score without its per-prompt array (the JSON and the page show the histogram)."""
+    return {k: v for k, v in score.items() if k != "per_prompt_h"}
+
+
+def _prompt_answer(pt, idx, weights, blend: str, chars: str) -> dict:
+    """The typed prompt at these settings: H, the model's and the approximation's first choices,
+    each block's neighbours."""
+    from ..present import top_tokens
+
+    sc = pt.score(idx, weights, blend)
+    return {"prompt": pt.info["sample"], "hellinger": float(sc["per_prompt_h"][0]),
+            "agree_top1": bool(sc["top1"] == 1.0), "fallback": bool(sc["fallback_share"] > 0),
+            "neighbours": [int(n) for n in sc["median_neighbours"]],
+            "model": top_tokens(pt.model_probs[0], chars, 5),
+            "approx": top_tokens(pt.approx(idx, weights, blend)[0], chars, 5)}
 
 
 def corpus_context(ex: Explorer, q: CorpusParams) -> tuple[dict | None, str | None]:

@@ -283,7 +283,7 @@ PAGES_390 = [("main", "/?prompt=the+king"), ("main-topk", "/?prompt=the+king&mod
              ("strip", "/strip?prompt=the+king+is+dead,+long+may+the+king"),
              ("interventions", "/interventions?prompt=the+king"),
              ("intervened", "/?prompt=the+king&drop_attn=0,1&drop_ffn=2"),
-             ("story", "/strings/5?prompt=the+king")]
+             ("story", "/strings/5?prompt=the+king"), ("tune", "/tune?prompt=the+king")]
 
 
 @pytest.mark.parametrize("name,path", PAGES_390)
@@ -304,6 +304,38 @@ def shoot(page, url: str, name: str) -> None:
         page.set_viewport_size({"width": width, "height": 900})
         page.goto(url)
         page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+
+
+def test_tune_a_slider_moves_the_figures_by_lookup(server, page):
+    """/tune: the page waits for its table (it reloads itself while the table is built); moving a
+    slider rewrites the thresholds field and its label, asks /tune/figures only (a lookup, never
+    the main page's search), and the figures and the address follow; fitting the weights reports
+    on the other half; "use these" opens the explorer with the settings."""
+    page.goto(server + "/tune?prompt=the+king")
+    page.wait_for_selector(".tune-figs", timeout=60000)
+    before = page.locator(".tune-numbers .big").first.inner_text()
+    sent = []
+    page.on("request", lambda r: sent.append(r.url))
+    slider = page.locator("fieldset[data-block='4'] input.thr")
+    start = int(slider.input_value())
+    slider.focus()
+    for _ in range(12):
+        page.keyboard.press("ArrowLeft")
+    assert int(slider.input_value()) == max(0, start - 12)
+    label = page.locator("fieldset[data-block='4'] output.thr-v").inner_text()
+    assert page.input_value("#t-thresholds").split(",")[4] == label
+    page.wait_for_url(re.compile(r"thresholds=[^&]*" + re.escape(label)))
+    page.wait_for_function("() => !document.getElementById('tune-figures').classList.contains('stale')")
+    assert page.locator(".tune-table tbody tr").nth(4).locator("td").nth(1).inner_text() == label
+    assert sent and all("/tune/figures?" in u for u in sent), sent
+    assert page.locator(".tune-numbers .big").first.inner_text() != before
+    page.locator(".tune-actions a", has_text="fit the weights").click()
+    page.wait_for_selector(".tune-fit")
+    assert "on the other" in page.locator(".tune-fit").inner_text().lower()
+    page.locator(".tune-use a.run").click()
+    page.wait_for_url(re.compile(r"/\?prompt=the\+king&thresholds=.*&weights="))
+    page.wait_for_selector("#results .answer", state="attached")
+    shoot(page, server + "/tune?prompt=the+king", "tune")
 
 
 def test_strip_click_a_position_focuses_its_prefix(server, page):
