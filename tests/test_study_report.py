@@ -13,7 +13,7 @@ import pytest
 from app.approx import QuerySettings, blend
 from app.metrics import hellinger
 from app.metrics import agreement_arrays, entropy
-from app.study import figures
+from app.study import plots
 from app.study.headline import paired, score
 from app.study.interesting import interesting
 from app.study.jsonable import to_jsonable
@@ -226,38 +226,35 @@ EVIL = 'a <script>&"\'b'
 def _check_svg(svg):
     root = ET.fromstring(svg)  # well-formed XML
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
-    assert "<script>" not in svg and "&lt;script&gt;&amp;&quot;" in svg
+    assert "<script" not in svg and "&lt;script&gt;&amp;" in svg
     texts = [t.text for t in root.iter() if t.text]
-    assert any(EVIL in t for t in texts)  # the label reads back exactly
+    assert any(EVIL in t for t in texts)  # the label reads back exactly ("$" not taken as math)
     return root
 
 
 def test_figures_are_valid_escaped_and_deterministic():
+    """matplotlib's figures (app/study/plots.py): valid SVG with every label kept as escaped text,
+    and the same bytes in SVG, PNG and PDF for the same input (no dates, fixed ids)."""
+    from app.study.plots import render
+
     rng = np.random.default_rng(0)
     series = {APPROX: rng.random(50), "model": rng.random(50), EVIL: rng.random(50)}
-    h = figures.histogram_panels(series, np.linspace(0, 1, 11), EVIL, "x " + EVIL, share=True)
-    _check_svg(h)
-    assert h == figures.histogram_panels(series, np.linspace(0, 1, 11), EVIL, "x " + EVIL, share=True)
-    cat = figures.histogram_panels({"b": [0.5, 1.5, 1.5]}, [0, 1, 2], "t", tick_labels=["0", EVIL])
-    _check_svg(cat)
-    line = figures.line_chart([0.9, 0.95, 0.99], {EVIL: [1, 10, float("nan")], "m": [3, 2, 1]},
-                              "sweep", EVIL, "H", y_log=True)
-    _check_svg(line)
-    bars = figures.grouped_bars(["top-1", EVIL], {APPROX: [0.8, 0.5], "ngram": [0.6, float("nan")]},
-                                EVIL, "share", y_range=(0, 1))
-    root = _check_svg(bars)
-    fills = [r.get("fill") for r in root.iter("{http://www.w3.org/2000/svg}rect")]
-    assert fills.count(figures.APPROX) >= 2  # two approximation bars (the legend adds one)
-    panels = figures.histogram_panels(series, np.linspace(0, 1, 11), EVIL, EVIL, share=True,
-                                      reference=APPROX, notes={EVIL: EVIL})
-    root = _check_svg(panels)
-    fills = [r.get("fill") for r in root.iter("{http://www.w3.org/2000/svg}rect")]
-    assert figures.MODEL in fills and figures.APPROX in fills
+    make = lambda: plots.histogram_panels(series, np.linspace(0, 1, 11), EVIL, "x " + EVIL,  # noqa: E731
+                                          share=True, reference=APPROX, notes={EVIL: EVIL})
+    first, again = render(make()), render(make())
+    assert first == again and first["png"][:8] == b"\x89PNG\r\n\x1a\n" and first["pdf"][:5] == b"%PDF-"
+    _check_svg(first["svg"])
+    cat = plots.histogram_panels({"b": [0.5, 1.5, 1.5]}, [0, 1, 2], "t", tick_labels=["0", EVIL])
+    _check_svg(render(cat, ("svg",))["svg"])
+    line = plots.line_chart([0.9, 0.95, 0.99], {EVIL: [1, 10, float("nan")], "m": [3, 2, 1]},
+                            "sweep", EVIL, "H", y_log=True)
+    _check_svg(render(line, ("svg",))["svg"])
+    bars = render(plots.grouped_bars(["top-1", EVIL], {APPROX: [0.8, 0.5], "ngram": [0.6, float("nan")]},
+                                     EVIL, "share", y_range=(0, 1)), ("svg",))["svg"]
+    _check_svg(bars)
+    assert bars.count(plots.APPROX) >= 3  # two approximation bars and the legend's
     with pytest.raises(ValueError):
-        figures.grouped_bars(["a"], {"x": [1, 2]}, "t")
-    assert figures.tick_format([0.99995, 0.99998, 1.0]) == ["0.99995", "0.99998", "1.00000"]
-    assert figures.tick_format([0, 500, 1000]) == ["0", "500", "1,000"]
-    assert figures.nice_ticks(0, 0.93, 4) == [0, 0.25, 0.5, 0.75, 1.0]
+        plots.grouped_bars(["a"], {"x": [1, 2]}, "t")
 
 
 # --- end to end on the micro engine --------------------------------------------------------------------
@@ -335,9 +332,12 @@ def test_build_and_write_report(engine, tmp_path):
     assert data["headline"][APPROX]["prompts"] == 48 and set(data["methods"]) == {APPROX, *baselines, *alone}
     for name in ("hellinger", "topk", "strata", "neighbours", "weights", "sweep"):
         ET.fromstring((tmp_path / "rep" / "figures" / f"{name}.svg").read_text())
+        assert (tmp_path / "rep" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / "rep" / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
     html = page.read_text()
     assert 'id="headline-table"' in html and "ngram" in html and "logit-lens-0" in html
-    assert "<svg" in html and "near-deterministic" in html
+    assert 'src="data:image/svg+xml;base64,' in html and "near-deterministic" in html
+    assert 'href="figures/hellinger.pdf"' in html and "<script" not in html
     for e in report["interesting"]["worst"]:
         assert e["url"].replace("&", "&amp;") in html
     if report["headline"]["ngram"]["hellinger"]["mean"] < report["headline"][APPROX]["hellinger"]["mean"]:

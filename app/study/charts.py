@@ -1,9 +1,9 @@
-"""The report's charts: its SVG figures (:mod:`app.study.figures`) drawn from its own data."""
+"""The report's charts: its figures (:mod:`app.study.plots`, matplotlib) drawn from its own data."""
 from __future__ import annotations
 
 import numpy as np
 
-from . import figures as fig
+from . import plots as fig
 from .methods import APPROX
 
 
@@ -13,7 +13,7 @@ def short_count(v: int) -> str:
 
 
 def make_figures(report: dict, per_prompt_h: dict | None = None) -> dict:
-    """The report's SVG charts from its own data (``per_prompt_h``: method -> (N,) distances;
+    """The report's charts (matplotlib figures) from its own data (``per_prompt_h``: method -> (N,) distances;
     default: the report's per_prompt section). Methods identical to the model (the last block's
     logit lens) are left out of the charts: they would only draw H = 0."""
     colors = report["colors"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..approx import blend_or_unigram
-from . import figures as fig
+from . import colors as fig
 
 APPROX = "approximation"
 

@@ -111,7 +111,7 @@ def build_report(engine: Engine, prompts, settings: QuerySettings | None = None,
     :class:`ReportOptions` field given by name replace the options' own).
 
     Returns (report, figures): ``report`` is JSON-ready (plain Python types) and ``figures`` maps a
-    name to an SVG string; :func:`app.study.storage.write_report` writes both. Sections: meta,
+    name to a matplotlib figure (app/study/plots.py); :func:`app.study.storage.write_report` writes both. Sections: meta,
     headline (every method), paired comparisons and verdicts, notes, strata by entropy, neighbour
     statistics, weights fitted on a tuning split and scored on the disjoint test split (both
     blends), a threshold sweep of the dominant block on the tuning split (threshold mode only),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import figures as fig
+from . import plots as fig
 
 
 def char_label(c: str) -> str:
@@ -55,7 +55,7 @@ def example_chart(ex: dict, chars: list, k: int = 6) -> str:
 
 
 def reproduction_figures(section: dict) -> dict:
-    """name -> SVG: "repro_density" and one "repro_example_N" per worked example."""
+    """name -> matplotlib figure: "repro_density" and one "repro_example_N" per worked example."""
     out = {}
     if section.get("density"):
         out["repro_density"] = density_chart(section["density"])

@@ -1,25 +1,37 @@
-"""The report on disk: report.json, figures/NAME.svg and report.html written, and read back."""
+"""The report on disk: report.json, figures/NAME.{svg,png,pdf} and report.html written, and read back."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .jsonable import to_jsonable
-from .render import render_html
+from .render import FORMATS, render_html
+
+
+def safe_name(name) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
 
 
 def write_report(out_dir, report: dict, figures: dict) -> Path:
-    """Write ``out_dir``/report.json, ``out_dir``/figures/NAME.svg and ``out_dir``/report.html
-    (the SVGs inlined, so the page stands alone); returns the HTML file's path."""
+    """Write ``out_dir``/report.json, each figure (a matplotlib Figure, app/study/plots.py, or SVG
+    text) as ``out_dir``/figures/NAME.svg (and .png and .pdf for a Figure) and ``out_dir``/report.html
+    (the SVGs embedded, so the page stands alone); returns the HTML file's path."""
+    from .plots import render
+
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     data = to_jsonable(report)
     (out / "report.json").write_text(json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False))
-    for name, svg in figures.items():
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
-        (out / "figures" / f"{safe}.svg").write_text(svg)
+    svgs = {}
+    for name, fig in figures.items():
+        safe = safe_name(name)
+        files = {"svg": fig} if isinstance(fig, str) else render(fig, FORMATS)
+        for fmt, body in files.items():
+            path = out / "figures" / f"{safe}.{fmt}"
+            path.write_text(body) if isinstance(body, str) else path.write_bytes(body)
+        svgs[safe] = files["svg"]
     page = out / "report.html"
-    page.write_text(render_html(data, figures))
+    page.write_text(render_html(data, svgs))
     return page
 
 
@@ -37,7 +49,7 @@ def typical_h(reports: Path | None) -> float | None:
 
 
 def load_report(out_dir) -> tuple[dict, dict]:
-    """Read back what :func:`write_report` wrote: (report, figures)."""
+    """Read back what :func:`write_report` wrote: (report, figures as SVG text)."""
     out = Path(out_dir)
     report = json.loads((out / "report.json").read_text())
     figs = {p.stem: p.read_text() for p in sorted((out / "figures").glob("*.svg"))}

@@ -126,10 +126,37 @@ def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
     report, figures = load_report(folder)
     if ex.base:  # the report's permalinks were written for an explorer at "/"
         rebase_urls(report, ex.base)
-    page = render_html(report, figures)
+    page = render_html(report, figures, figure_dir=f"{ex.base}/report/figures",
+                       figure_query=f"?mode={folder.name}")
     # The page inlines static/style.css (it also stands alone on disk) and colours its swatches
     # with style attributes: those exact styles are allowed by hash; scripts stay external.
     return HTMLResponse(page, headers={"Content-Security-Policy": csp_with_inline_styles(page)})
+
+
+@router.get("/report/figures/{name}.{fmt}", summary="One of the report's figures as a file: SVG, "
+            "PNG (twice the page's resolution) or PDF, drawn by matplotlib", responses={
+                **BAD, 404: {"description": "no such figure, or no report yet"}})
+def report_figure(request: Request, name: Annotated[str, Path(description="the figure's name, e.g. hellinger")],
+                  fmt: Annotated[str, Path(description="svg, png or pdf")],
+                  q: Annotated[ReportParams, Query()], ex: Ex):
+    from fastapi.responses import FileResponse, PlainTextResponse
+
+    from ..study.render import FORMATS
+    from ..study.storage import safe_name
+
+    folder, err = find_report(request.app.state.reports, q.mode)
+    if err:
+        return PlainTextResponse(err[0], status_code=err[1])
+    if fmt not in FORMATS:
+        return PlainTextResponse(f"the format must be one of {', '.join(FORMATS)}, not {fmt[:10]!r}", 400)
+    path = folder / "figures" / f"{safe_name(name)}.{fmt}"
+    if safe_name(name) != name or not path.is_file():
+        have = sorted(p.stem for p in (folder / "figures").glob("*.svg"))
+        return PlainTextResponse(f"this report has no figure {name[:40]!r} as {fmt}; it has: "
+                                 f"{', '.join(have)}", 404)
+    media = {"svg": "image/svg+xml", "png": "image/png", "pdf": "application/pdf"}[fmt]
+    return FileResponse(path, media_type=media, filename=f"ffnlens-{folder.name}-{name}.{fmt}",
+                        content_disposition_type="inline")
 
 
 @router.get("/docs", include_in_schema=False)

@@ -307,3 +307,19 @@ def test_a_strings_story_says_which_report_prompts_found_it(report_client, repor
         assert b["found"] == int((cos > thr[b["block"]]).sum()) >= 1  # its own string finds it
         assert prompts[0] in [t["prompt"] for t in b["first"]]
     assert "found it" in report_client.get(f"/strings/{row}").text
+
+
+def test_report_figures_download_as_svg_png_and_pdf(report_client):
+    """The report page embeds each matplotlib figure as an image under the strict CSP and links
+    its files; each file comes back in its own format; a wrong name or format says what exists."""
+    page = report_client.get("/report")
+    assert page.status_code == 200 and 'src="data:image/svg+xml;base64,' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert 'href="/report/figures/hellinger.png?mode=reference"' in page.text
+    for fmt, head, media in (("svg", b"<?xml", "image/svg+xml"), ("png", b"\x89PNG", "image/png"),
+                             ("pdf", b"%PDF-", "application/pdf")):
+        r = report_client.get(f"/report/figures/hellinger.{fmt}", params={"mode": "reference"})
+        assert r.status_code == 200 and r.content.startswith(head) and r.headers["content-type"].startswith(media)
+    missing = report_client.get("/report/figures/nothing.png")
+    assert missing.status_code == 404 and "hellinger" in missing.text
+    assert report_client.get("/report/figures/hellinger.gif").status_code == 400
