@@ -30,12 +30,13 @@ def figure_html(name: str, svg: str, embed: bool, figure_dir: str, query: str = 
 
 
 def render_html(report: dict, figures: dict, embed: bool = True, figure_dir: str = "figures",
-                figure_query: str = "") -> str:
+                figure_query: str = "", export: dict | None = None) -> str:
     """The report page (templates/report.html, autoescaped); ``figures``: name -> SVG text. With
     ``embed`` the SVGs are embedded as images; otherwise they are linked as ``figure_dir/NAME.svg``.
     Each figure links its files under ``figure_dir`` (+ ``figure_query``). Works for a file on disk
-    and for a web route alike."""
+    and for a web route alike; ``export`` (app/web/exports.py) adds its caption and data."""
     figs = {name: figure_html(name, svg, embed, figure_dir, figure_query) for name, svg in figures.items()}
     site_css = Markup((ROOT / "static" / "style.css").read_text())  # our own file, not user text
     return environment().get_template("report.html").render(
-        r=report, figs=figs, embed=embed, figure_dir=figure_dir, approx=APPROX, site_css=site_css)
+        r=report, figs=figs, embed=embed, figure_dir=figure_dir, figure_query=figure_query, approx=APPROX,
+        site_css=site_css, export=export)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse
 
-from . import place
+from . import exports, place
 from .errors import server_timing, with_retry_after
 from .explorer import Explorer
 from .params import BlockParams, CorpusParams, QueryParams, ReportParams, StripParams, TuneParams
@@ -22,11 +22,31 @@ Ex = Annotated[Explorer, Depends(get_explorer)]
 BAD = {400: {"description": "a parameter to fix: the page shows what to fix"}}
 
 
+# The views a page can be downloaded as (?export=1; app/web/exports.py), by template.
+VIEWS = {"index.html": "query", "block.html": "block", "strip.html": "strip", "tune.html": "tune",
+         "story.html": "story", "interventions.html": "interventions"}
+
+
 def _page(request: Request, template: str, ctx: dict, status: int = 200):
     t0 = time.perf_counter()
+    view = VIEWS.get(template)
+    export = view is not None and request.query_params.get("export") == "1" and status == 200
+    if view is not None and status == 200 and exports.view_data(ctx) is not None:
+        b = _base(request)
+        path = request.url.path[len(b):] if request.url.path.startswith(b) else request.url.path
+        ctx["downloads"] = exports.downloads(b, path, dict(request.query_params), view)
+    if export:
+        ctx["export"] = exports.export_context(ctx, view, str(request.base_url))
     r = request.app.state.templates.TemplateResponse(request, template, ctx, status_code=status)
+    if export:
+        r.headers["Content-Disposition"] = f'attachment; filename="{exports.filename(view, ctx, "html")}"'
+        r.headers["Content-Security-Policy"] = csp_with_inline_styles(r.body.decode())
     server_timing(r, ctx, render=1e3 * (time.perf_counter() - t0))
     return with_retry_after(r, ctx, status)
+
+
+def _base(request: Request) -> str:
+    return request.app.state.explorer.base if hasattr(request.app.state, "explorer") else ""
 
 
 @router.get("/", response_class=HTMLResponse, summary="Main page (JSON twin: /api/query)",
@@ -126,11 +146,21 @@ def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
     report, figures = load_report(folder)
     if ex.base:  # the report's permalinks were written for an explorer at "/"
         rebase_urls(report, ex.base)
+    export = None
+    if request.query_params.get("export") == "1":
+        link = f"{ex.base}/report?mode={folder.name}&on={ex.stamp}"
+        export = exports.export_context({"about": ex.about, "report": report, "permalink": link},
+                                        "report", str(request.base_url))
+        export["json"] = exports.json.dumps({k: v for k, v in report.items() if k != "per_prompt"},
+                                            ensure_ascii=False, indent=1)
     page = render_html(report, figures, figure_dir=f"{ex.base}/report/figures",
-                       figure_query=f"?mode={folder.name}")
+                       figure_query=f"?mode={folder.name}", export=export)
     # The page inlines static/style.css (it also stands alone on disk) and colours its swatches
     # with style attributes: those exact styles are allowed by hash; scripts stay external.
-    return HTMLResponse(page, headers={"Content-Security-Policy": csp_with_inline_styles(page)})
+    headers = {"Content-Security-Policy": csp_with_inline_styles(page)}
+    if export:
+        headers["Content-Disposition"] = f'attachment; filename="ffnlens-report-{folder.name}.html"'
+    return HTMLResponse(page, headers=headers)
 
 
 @router.get("/report/figures/{name}.{fmt}", summary="One of the report's figures as a file: SVG, "
@@ -157,6 +187,50 @@ def report_figure(request: Request, name: Annotated[str, Path(description="the f
     media = {"svg": "image/svg+xml", "png": "image/png", "pdf": "application/pdf"}[fmt]
     return FileResponse(path, media_type=media, filename=f"ffnlens-{folder.name}-{name}.{fmt}",
                         content_disposition_type="inline")
+
+
+@router.get("/chart/{view}.{fmt}", summary="A view's chart as a file (SVG or PNG, drawn by matplotlib, "
+            "captioned with the model, store, settings and permalink): view 'query' (the main page), "
+            "'block' (give block=N), 'strip' or 'tune', with that page's parameters", responses={
+                **BAD, 404: {"description": "no such view"}})
+def chart_file(request: Request, view: Annotated[str, Path(description="query, block, strip or tune")],
+               fmt: Annotated[str, Path(description="svg or png")], ex: Ex):
+    from fastapi.responses import PlainTextResponse, Response
+    from pydantic import ValidationError
+
+    from ..study.plots import render
+
+    if view not in exports.CHART_VIEWS:
+        return PlainTextResponse(f"there is no chart of {view[:20]!r}: the views with one are "
+                                 f"{', '.join(exports.CHART_VIEWS)}", 404)
+    if fmt not in ("svg", "png"):
+        return PlainTextResponse(f"the format must be svg or png, not {fmt[:10]!r}", 400)
+    items = dict(request.query_params)
+    try:
+        if view == "block":
+            block = int(items.pop("block", "0"))
+            ctx, status = block_context(ex, block, BlockParams(**items))
+            if status == 200:
+                ctx["model_top"] = None
+        elif view == "strip":
+            ctx, status = strip_context(ex, StripParams(**items))
+        elif view == "tune":
+            ctx, status = tune_context(ex, TuneParams(**items))
+        else:
+            ctx, status = query_context(ex, QueryParams(**items), need_prompt=True)
+    except (ValidationError, ValueError) as e:
+        return PlainTextResponse(f"a parameter to fix: {str(e).splitlines()[0][:300]}", 400)
+    if status != 200:
+        msg = ctx.get("error") or ("the tuning table is still being built: ask again in a moment"
+                                   if status == 202 else "no chart")
+        return PlainTextResponse(msg, status if status != 202 else 503, headers={"Retry-After": "2"} if status in (202, 503) else None)
+    fig = exports.chart(view, ctx, exports.caption(ctx, view, str(request.base_url)))
+    if fig is None:
+        return PlainTextResponse("this view has nothing to draw", 404)
+    body = render(fig, (fmt,))[fmt]
+    return Response(body.encode() if fmt == "svg" else body,
+                    media_type="image/svg+xml" if fmt == "svg" else "image/png",
+                    headers={"Content-Disposition": f'inline; filename="{exports.filename(view, ctx, fmt)}"'})
 
 
 @router.get("/docs", include_in_schema=False)

@@ -338,6 +338,26 @@ def test_tune_a_slider_moves_the_figures_by_lookup(server, page):
     shoot(page, server + "/tune?prompt=the+king", "tune")
 
 
+def test_an_exported_page_opens_offline_with_the_same_numbers(server, page, tmp_path):
+    """The main page's download (?export=1) opened from disk: no request leaves the file, and it
+    shows the JSON twin's numbers and its caption."""
+    import json
+    import urllib.request
+
+    twin = json.loads(urllib.request.urlopen(server + "/api/query?prompt=the+king").read())
+    path = tmp_path / "view.html"
+    path.write_bytes(urllib.request.urlopen(server + "/?prompt=the+king&export=1").read())
+    sent = []
+    page.on("request", lambda r: sent.append(r.url))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    assert [u for u in sent if not u.startswith("file://")] == []
+    assert page.locator(".h .big").inner_text() == f"{twin['hellinger']:.3f}"
+    assert "model micro" in page.locator(".export-caption").inner_text()
+    data = json.loads(page.locator("#ffnlens-data").text_content())
+    assert data["hellinger"] == twin["hellinger"]
+
+
 def test_strip_click_a_position_focuses_its_prefix(server, page):
     """/strip: each character is a link; clicking one focuses its prefix (pos= in the URL, the
     panel names the prefix) and the panel's link opens that prefix on the main page."""

@@ -59,3 +59,11 @@ def test_bad_settings_say_what_to_fix(ready, params, message):
     assert r.status_code == 400 and message in r.json()["detail"]
     page = ready.get("/tune/figures", params=params)
     assert page.status_code == 400 and "error" in page.text
+
+
+def test_the_tuning_view_downloads_and_draws(ready):
+    r = ready.get("/tune", params={"thresholds": "0.9,0.9,0.9,0.9,0.9,0.8", "export": "1"})
+    assert r.status_code == 200 and r.headers["content-disposition"].startswith('attachment; filename="ffnlens-tune')
+    assert "<script" not in r.text and 'id="ffnlens-data"' in r.text
+    png = ready.get("/chart/tune.png", params={"weights": "1,1,1,1,1,1"})
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
