@@ -128,7 +128,7 @@ def test_eval_writes_reports_the_explorer_serves(cli, engine, workspace, setting
         page = client.get("/report", params={"mode": mode})
         data = client.get("/api/report", params={"mode": mode}).json()
         assert page.status_code == 200 and "ngram" in page.text
-        assert f"{data['headline']['approximation']['hellinger']['mean']:.3f}" in page.text
+        assert f"{data['headline']['approximation']['hellinger']['mean']:.4f}" in page.text  # the headline table
         # the report's links open the very prompts it names
         for e in data["interesting"]["worst"][:2]:
             got = client.get("/api" + e["url"].replace("/?", "/query?", 1)).json()
