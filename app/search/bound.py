@@ -60,10 +60,12 @@ LAYOUT = 2  # one table per block, its rank chosen by measurement (1: one rank, 
 # on blog's block 3 (858,923 x 384), 6.3-8.5 on tiny's (823k x 128).
 GATHER_COST = 4
 # What one byte of the float16 scan costs against one byte of the bound's float32 pass: without
-# AVX-512 FP16 the CPU converts every float16 value before multiplying, so the scan is compute-bound
-# well below the memory bandwidth (measured here on 2 cores: tiny's block, 823k x 128, in 16-17 ms,
-# 13 GB/s, with torch's float16 product on both threads; the float32 table's numpy product at 44 GB/s).
-# ``choose_rank`` prices ranks in the table's bytes, so a scan is 2 C P x SCAN_COST.
+# AVX-512 FP16 the CPU converts every float16 value before multiplying, so the scan runs below the
+# memory bandwidth while the table streams at it. Measured here on 2 cores (each block's scan and
+# its table's pass, median of 15): tiny's blocks (823k x 128) 2.8-3.3 (the scan at
+# 11-12 GiB/s, the tables at 33-40), blog's (859k x 384) 1.5-2.3 (17-18 against 27-41 GiB/s).
+# ``choose_rank`` prices ranks in the table's bytes, so a scan is 2 C P x SCAN_COST; one constant
+# for every width, taken at the narrow end: wide blocks are priced somewhat towards higher ranks.
 SCAN_COST = 3.3
 SMALL = ("bound_basis.npy",)  # hashed in the manifest
 BIG = ("bound_proj.npy",)
