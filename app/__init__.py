@@ -9,3 +9,11 @@ __version__ = "0.1.0"
 # forward pass instead of 1.8 ms). Passive waiting must be set before torch loads; a user's own
 # setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# numpy's OpenBLAS workers busy-wait after each call as well, and the bound alternates numpy
+# products with torch's operations: each switch waited for the other pool's threads to yield the
+# cores. Measured on tiny (2 cores): the strip's batched bound search over 64 positions, 850 ms ->
+# 405 ms for its six blocks; a threshold query (forward, six blocks, blend) p50 / p95 50 / 135 ms
+# -> 22 / 36 ms; top-200 about 10 % slower (27-32 -> 31-34 ms p50). It must be set before numpy
+# loads (the CLI and the server import this package first); a user's own setting wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")

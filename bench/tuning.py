@@ -15,6 +15,12 @@ One run, for one model (its store must exist):
 """
 from __future__ import annotations
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import app  # noqa: E402,F401  (its thread policies must be set before numpy and torch load, as the server's are)
+
 import argparse
 import json
 import os

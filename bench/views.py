@@ -14,6 +14,12 @@ their last n characters, for information.
 """
 from __future__ import annotations
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import app  # noqa: E402,F401  (its thread policies must be set before numpy and torch load, as the server's are)
+
 import argparse
 import json
 import sys

@@ -223,18 +223,23 @@ class BoundSearch:
         with ``sims=False``, only for the pairs the lower bound does not already prove (their
         similarities are then None)."""
         Q, Qv, T = self.index.batch_parts(b, Q)
-        cut = thr - BOUND_MARGIN
+        cut = np.float32(thr - BOUND_MARGIN)  # as torch compared it: in float32
+        Qn = np.ascontiguousarray(Qv.numpy())
         qis, rws, ubs = [], [], []
-        for s, ub in self.index.chunk_bounds(Qv, T, self.scan.chunk):
-            i, j = torch.nonzero(ub > cut, as_tuple=True)
-            qis.append(i)
-            rws.append(j + s)
+        # numpy only inside the loop: a torch operation between two numpy products waits for
+        # BLAS's threads to yield the cores (measured on tiny, 64 queries x 823k rows: 706-888 ms
+        # with torch.nonzero on each chunk, 32-38 ms with numpy's flatnonzero)
+        for s in range(0, T.shape[1], self.scan.chunk):
+            ub = Qn @ T[:, s : s + self.scan.chunk]
+            k = np.flatnonzero(ub > cut)
+            qis.append(k // ub.shape[1])
+            rws.append(k % ub.shape[1] + s)
             if not sims:
-                ubs.append(ub[i, j])
-        qi, rows = torch.cat(qis), torch.cat(rws)
+                ubs.append(ub.ravel()[k])
+        qi, rows = torch.from_numpy(np.concatenate(qis)), torch.from_numpy(np.concatenate(rws))
         sure = torch.zeros(len(rows), dtype=torch.bool)
         if not sims:
-            lo = torch.cat(ubs) - 2 * Qv[qi, -1] * torch.from_numpy(T[-1][rows.numpy()])
+            lo = torch.from_numpy(np.concatenate(ubs)) - 2 * Qv[qi, -1] * torch.from_numpy(T[-1][rows.numpy()])
             sure = lo > thr + BOUND_MARGIN
         if exclude is not None:
             keep = rows != exclude.to(torch.long)[qi]
