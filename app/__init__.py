@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 # setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# numpy's OpenBLAS workers busy-wait after each call as well, and the bound alternates numpy
+# numpy's OpenBLAS workers busy-wait after each call as well, and a query alternates numpy's
 # products with torch's operations: each switch waited for the other pool's threads to yield the
-# cores. Measured on tiny (2 cores): the strip's batched bound search over 64 positions, 850 ms ->
-# 405 ms for its six blocks; a threshold query (forward, six blocks, blend) p50 / p95 50 / 135 ms
-# -> 22 / 36 ms; top-200 about 10 % slower (27-32 -> 31-34 ms p50). It must be set before numpy
-# loads (the CLI and the server import this package first); a user's own setting wins.
+# cores. Measured on tiny (2 cores, torch's threads passive), 300 queries through Engine.query
+# (forward, six blocks, blend): threshold p50 / p95 50 / 132 ms -> 22 / 36 ms; top-200 29 / 63 ms
+# -> 33 / 67 ms (a little slower: waking the sleeping workers). It must be set before numpy loads
+# (the CLI and the server import this package first); a user's own setting wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
