@@ -35,7 +35,7 @@ from ..corpus import TRAIN_FRACTION
 from ..metrics import agreement_arrays, hellinger
 from ..search import unit
 from .prompts import heldout_prompts, prompt_ids, reference_prompts
-from .weights import fit_weights, split_prompts
+from .weights import fit_weights
 
 SPAN = (0.25, 2.0)  # the grid's factors on a block's gap to 1 (lowest threshold: 1 - 2 (1 - t))
 STEPS = 24  # levels per octave of the factor

@@ -119,7 +119,6 @@ def chart(view: str, ctx: dict, cap: str):
                                  f"After {data['prompt']!r}: the model and the approximation (H {data['hellinger']:.3f})",
                                  "probability", y_range=(0, 1), width=760, labels=False)
     elif view == "block":
-        model = ctx.get("model_top") or []
         items = data.get("distribution") or []
         labels = [t["label"] for t in items][:12]
         fig = plots.grouped_bars(labels, {f"block {data['block']}'s neighbours' follow-on": [t["p"] for t in items][:12]},

@@ -210,8 +210,6 @@ def chart_file(request: Request, view: Annotated[str, Path(description="query, b
         if view == "block":
             block = int(items.pop("block", "0"))
             ctx, status = block_context(ex, block, BlockParams(**items))
-            if status == 200:
-                ctx["model_top"] = None
         elif view == "strip":
             ctx, status = strip_context(ex, StripParams(**items))
         elif view == "tune":
