@@ -248,6 +248,24 @@ def test_the_planner_scans_when_the_bound_cannot_prune():
     got = tight.topk(0, q, 10)
     assert got.stats.plan == "bound"
     same(full.topk(0, q, 10), got)
+    # batches too: the loose bound's batch scans the block (said in the stats) and decides the
+    # pairs with the same float32 sums, so it answers exactly as the pruned plan and the scan do
+    from app.search.base import SearchStats
+
+    Qb = torch.from_numpy(X[[7, 30, 501, 1999]].astype(np.float32))
+    ex = torch.tensor([7, -1, 3, -1])
+    for sims in (True, False):
+        st = SearchStats()
+        got = loose.batch_threshold(0, Qb, mid, ex, sims=sims, stats=st)
+        assert st.plan == "bound->scan"
+        ref = bound_for(store, 8).batch_threshold(0, Qb, mid, ex, sims=sims)
+        key = lambda out: sorted(zip(out[0].tolist(), out[1].tolist()))  # noqa: E731
+        assert key(got) == key(ref) and len(got[0]) > 3000
+        want = full.batch_threshold(0, Qb, mid, ex)
+        assert set(zip(want[0].tolist(), want[1].tolist())) == set(key(got))
+    st = SearchStats()
+    tight.batch_threshold(0, Qb, 0.95, ex, stats=st)
+    assert st.plan == "bound"
 
 
 def test_choose_rank_prices_the_ranks_by_what_they_leave():

@@ -118,7 +118,7 @@ def test_answers_carry_their_own_statistics(engine, backend, plan):
                  lambda st: search.batch_topk(3, Q, 5, stats=st)):
         st = SearchStats()
         qi, _, _ = call(st)
-        assert st.plan == plan and st.candidates >= len(qi) > 0 and st.bytes_read > 0
+        assert st.plan.split("->")[0] == plan and st.candidates >= len(qi) > 0 and st.bytes_read > 0
     assert vars(search).keys() == before.keys()  # no counters left behind
     assert not hasattr(search, "last_candidates")
 
