@@ -47,7 +47,7 @@ import torch
 
 from ..store import IndexFiles, Store, StoreError
 from .base import (IndexCheck, Neighbours, SearchStats, batch_output, best_of,
-                   clamp_topk, empty, mask_excluded, record)
+                   clamp_topk, empty, record)
 from .exact import ExactSearch
 
 BOUND_MARGIN = 1e-4
@@ -239,7 +239,11 @@ class BoundSearch:
         if self.gather_cost and int(test.sum()) * self.gather_cost > Q.shape[0] * self.store.size:
             # deciding the candidates one by one would cost more than the block's scan for the
             # whole batch (measured on blog's held-out prompts, block 3 at 0.606: 8.4 s for 64)
-            qi, rows = self._scan_candidates(b, Q, thr, exclude)
+            # the scan's float32 products keep every pair within BOUND_MARGIN of the threshold: a
+            # superset that pair_sims decides below, so the answer is the pruned plan's (the two
+            # float32 sums of the same products differ by far less than the margin)
+            sqi, srows, _ = self.scan.batch_threshold(b, Q, thr - BOUND_MARGIN, exclude)
+            qi, rows = torch.from_numpy(sqi), torch.from_numpy(srows)
             sure = torch.zeros(len(rows), dtype=torch.bool)
             test = ~sure
             record(stats, "bound->scan", len(rows), self.index.block_bytes(b)
@@ -253,23 +257,6 @@ class BoundSearch:
                     torch.cat([rows[test][keep], rows[sure]]).numpy().astype(np.int64), None)
         return (qi[keep].numpy().astype(np.int64), rows[keep].numpy().astype(np.int64),
                 exact[keep].numpy())
-
-    def _scan_candidates(self, b: int, Q: torch.Tensor, thr: float, exclude: torch.Tensor | None):
-        """(query index, row) of every pair whose float32 product over the block (one matrix
-        product per chunk, torch only inside the loop) reaches the threshold less BOUND_MARGIN: a
-        superset of the answer, which ``pair_sims`` then decides, so the answer is the pruned
-        plan's (the two float32 sums of the same products differ by far less than the margin)."""
-        X = self.scan.block(b)
-        cut = thr - BOUND_MARGIN
-        qis, rws = [], []
-        for s in range(0, X.shape[0], self.scan.chunk):
-            S = Q @ X[s : s + self.scan.chunk].to(torch.float32).T
-            if exclude is not None:
-                mask_excluded(S, exclude, s)
-            i, j = torch.nonzero(S > cut, as_tuple=True)
-            qis.append(i)
-            rws.append(j + s)
-        return torch.cat(qis), torch.cat(rws)
 
     def batch_topk(self, b: int, Q: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
                    stats: SearchStats | None = None) -> tuple[np.ndarray, ...]:

@@ -13,9 +13,9 @@ def safe_name(name) -> str:
 
 
 def write_report(out_dir, report: dict, figures: dict) -> Path:
-    """Write ``out_dir``/report.json, each figure (a matplotlib Figure, app/study/plots.py, or SVG
-    text) as ``out_dir``/figures/NAME.svg (and .png and .pdf for a Figure) and ``out_dir``/report.html
-    (the SVGs embedded, so the page stands alone); returns the HTML file's path."""
+    """Write ``out_dir``/report.json, each figure (a matplotlib Figure, app/study/plots.py) as
+    ``out_dir``/figures/NAME.svg, .png and .pdf, and ``out_dir``/report.html (the SVGs embedded, so
+    the page stands alone); returns the HTML file's path."""
     from .plots import render
 
     out = Path(out_dir)
@@ -25,7 +25,7 @@ def write_report(out_dir, report: dict, figures: dict) -> Path:
     svgs = {}
     for name, fig in figures.items():
         safe = safe_name(name)
-        files = {"svg": fig} if isinstance(fig, str) else render(fig, FORMATS)
+        files = render(fig, FORMATS)
         for fmt, body in files.items():
             path = out / "figures" / f"{safe}.{fmt}"
             path.write_text(body) if isinstance(body, str) else path.write_bytes(body)

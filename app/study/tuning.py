@@ -23,7 +23,9 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,9 +266,6 @@ class Tuner:
     move is a lookup."""
 
     def __init__(self, engine: Engine, n: int = SAMPLE, seed: int = SEED, keep_prompts: int = 32):
-        import threading
-        from collections import OrderedDict
-
         self.engine, self.n, self.seed, self.keep_prompts = engine, n, seed, keep_prompts
         self._table: TuningTable | None = None
         self._state = {"done": 0, "total": n, "error": None, "started": None}
@@ -276,8 +275,6 @@ class Tuner:
 
     def table(self) -> TuningTable | None:
         """The table when it is ready; else None, its build started (in a thread) if need be."""
-        import threading
-
         with self._lock:
             if self._table is not None or self._state["error"]:
                 return self._table

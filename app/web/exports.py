@@ -65,11 +65,10 @@ def _short(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def export_context(ctx: dict, view: str, origin: str) -> dict:
-    """What base.html needs to write the page as a file: the stylesheet, the caption, the data."""
-    data = view_data(ctx)
-    if isinstance(data, dict) and view == "report":
-        data = {k: v for k, v in data.items() if k != "per_prompt"}
+def export_context(ctx: dict, view: str, origin: str, data=None) -> dict:
+    """What a page needs to be written as a file: the stylesheet, the caption, and its data
+    (``data``, else what :func:`view_data` finds in ``ctx``) as JSON."""
+    data = view_data(ctx) if data is None else data
     return {"css": (ROOT / "static" / "style.css").read_text(), "caption": caption(ctx, view, origin),
             "json": json.dumps(data, default=_plain, ensure_ascii=False, indent=1),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

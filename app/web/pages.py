@@ -149,10 +149,9 @@ def report_page(request: Request, q: Annotated[ReportParams, Query()], ex: Ex):
     export = None
     if request.query_params.get("export") == "1":
         link = f"{ex.base}/report?mode={folder.name}&on={ex.stamp}"
-        export = exports.export_context({"about": ex.about, "report": report, "permalink": link},
-                                        "report", str(request.base_url))
-        export["json"] = exports.json.dumps({k: v for k, v in report.items() if k != "per_prompt"},
-                                            ensure_ascii=False, indent=1)
+        export = exports.export_context({"about": ex.about, "permalink": link}, "report",
+                                        str(request.base_url),
+                                        data={k: v for k, v in report.items() if k != "per_prompt"})
     page = render_html(report, figures, figure_dir=f"{ex.base}/report/figures",
                        figure_query=f"?mode={folder.name}", export=export)
     # The page inlines static/style.css (it also stands alone on disk) and colours its swatches
