@@ -31,7 +31,8 @@ def _page(request: Request, template: str, ctx: dict, status: int = 200):
     t0 = time.perf_counter()
     view = VIEWS.get(template)
     export = view is not None and request.query_params.get("export") == "1" and status == 200
-    if view is not None and status == 200 and exports.view_data(ctx) is not None:
+    # the main page's answer changes as one types: its own links (templates/_results.html) follow it
+    if view not in (None, "query") and status == 200 and exports.view_data(ctx) is not None:
         b = _base(request)
         path = request.url.path[len(b):] if request.url.path.startswith(b) else request.url.path
         ctx["downloads"] = exports.downloads(b, path, dict(request.query_params), view)

@@ -356,6 +356,12 @@ def test_an_exported_page_opens_offline_with_the_same_numbers(server, page, tmp_
     assert "model micro" in page.locator(".export-caption").inner_text()
     data = json.loads(page.locator("#ffnlens-data").text_content())
     assert data["hellinger"] == twin["hellinger"]
+    # on the live page, the answer's download links follow the prompt as it is typed
+    page.goto(server + "/")
+    page.locator("#prompt").type("the king", delay=40)
+    wait_shown(page, "the king")
+    href = page.locator("#results .tools .downloads a").first.get_attribute("href")
+    assert "prompt=the+king" in href and href.endswith("&export=1")
 
 
 def test_strip_click_a_position_focuses_its_prefix(server, page):
