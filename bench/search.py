@@ -317,15 +317,17 @@ def bench_blocks(a, engine, prompts, few, backends, qs, floor) -> None:
         same = sum(x.rows.tolist() != y.rows.tolist() or not np.array_equal(x.sims, y.sims)
                    for fa, ba in zip(full["ans"], rest["bound"]["ans"]) for x, y in zip(fa, ba))
         print("block   true p50   " + "   ".join(f"{n + ' p50/p95 ms':>18}" for n in backends)
-              + "   cand/true bound   scanned" + ("   cand/true ivf" if "ivf" in backends else ""))
+              + "   cand/true bound   scanned   rank p50/p95" + ("   cand/true ivf" if "ivf" in backends else ""))
         for b in range(L):
             true = [len(ans[b]) for ans in rest["bound"]["ans"]]
             cols = [f"{ms(full['t'][b], 50):8.1f} /{ms(full['t'][b], 95):7.1f}"]
             cols += [f"{ms(rest[n]['t'][b], 50):8.1f} /{ms(rest[n]['t'][b], 95):7.1f}" for n in rest]
             ratios = [np.median(np.array(rest[n]["cand"][b]) / np.maximum(1, true)) for n in rest]
             scanned = np.mean([ans[b].stats.plan.endswith("->scan") for ans in rest["bound"]["ans"]])
+            rank = [ans[b].stats.rank for ans in rest["bound"]["ans"]]  # the stage each stopped at
             print(f"{b:>5}   {np.median(true):8.0f}   " + "   ".join(f"{c:>18}" for c in cols)
-                  + f"   {ratios[0]:15.2f}   {scanned:7.1%}" + "".join(f"   {r:15.2f}" for r in ratios[1:]))
+                  + f"   {ratios[0]:15.2f}   {scanned:7.1%}   {np.median(rank):5.0f} /{np.percentile(rank, 95):4.0f}"
+                  + "".join(f"   {r:15.2f}" for r in ratios[1:]))
         exact_all = np.sum([np.array(full["t"][b]) for b in range(L)], axis=0)
         print(f"full scan, all blocks: p50 {ms(exact_all, 50):.1f} ms = "
               f"{np.median(exact_all) / (L * floor):.2f} x the floor of {1000 * L * floor:.1f} ms")

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from app.search import ExactSearch
-from app.search.bound import BoundSearch
+from app.search.bound import LAYOUT, BoundSearch
 from app.search.bound_build import fit_index
 from app.store import Store
 
@@ -19,10 +19,12 @@ def make_store(unit: np.ndarray) -> Store:
                  norm=np.ones((L, P), np.float32), pool=None, counts=None)
 
 
-def bound_for(store: Store, k: int, gather_cost: float = 0) -> BoundSearch:
-    """The bound backend over ``store`` at rank ``k``; by default the pruned plan always (the
-    planner's switch to the scan off), so the equality tests exercise the pruning itself."""
-    return BoundSearch(store, fit_index(store.unit, [k] * store.n_layer), gather_cost=gather_cost)
+def bound_for(store: Store, k, gather_cost: float = 0, walk: str = "priced") -> BoundSearch:
+    """The bound backend over ``store`` at rank ``k`` (or walking the ranks in the list ``k``); by
+    default the pruned plan always (the planner's switch to the scan off), so the equality tests
+    exercise the pruning itself."""
+    return BoundSearch(store, fit_index(store.unit, [k] * store.n_layer), gather_cost=gather_cost,
+                       walk=walk)
 
 
 def unit_rows(x):
@@ -82,18 +84,23 @@ def check_batches(full, bound, b, Q, thresholds, ks):
 
 
 def check_all(store, k_rank, queries, thresholds, ks):
-    full, bound = ExactSearch(store), bound_for(store, k_rank)
+    """At rank ``k_rank`` alone, and walking three stages up to it (every stage, so each stage's
+    update of the bounds is exercised): single queries and batches equal the full scan's."""
+    full = ExactSearch(store)
+    walked = bound_for(store, [max(1, k_rank // 4), max(1, k_rank // 2), k_rank], walk="all")
+    assert len(walked.index.stages[0]) > 1
     Q = torch.from_numpy(unit_rows(np.stack(queries).astype(np.float32)))
-    for b in range(store.n_layer):
-        check_batches(full, bound, b, Q, thresholds, ks)
-        for q in queries:
-            q = torch.from_numpy(unit_rows(q.astype(np.float32)))
-            for thr in thresholds:
-                same_threshold(full, bound, b, q, thr)
-                same_threshold(full, bound, b, q, thr, exclude=0)
-            for k in ks:
-                same(full.topk(b, q, k), bound.topk(b, q, k))
-                same(full.topk(b, q, k, exclude=3), bound.topk(b, q, k, exclude=3))
+    for bound in (bound_for(store, k_rank), walked):
+        for b in range(store.n_layer):
+            check_batches(full, bound, b, Q, thresholds, ks)
+            for q in queries:
+                q = torch.from_numpy(unit_rows(q.astype(np.float32)))
+                for thr in thresholds:
+                    same_threshold(full, bound, b, q, thr)
+                    same_threshold(full, bound, b, q, thr, exclude=0)
+                for k in ks:
+                    same(full.topk(b, q, k), bound.topk(b, q, k))
+                    same(full.topk(b, q, k, exclude=3), bound.topk(b, q, k, exclude=3))
 
 
 def test_low_rank_store_with_noise():
@@ -160,7 +167,9 @@ def test_hypothesis_equal_to_the_full_scan(P, C, rank, seed, thr, k, dup):
         x[0, : P // 2] = x[0, 0]
     store = make_store(unit_rows(x))
     q = store.unit[0, rng.integers(P)].astype(np.float32) + rng.normal(size=C) * rng.choice([0, 0.1, 1])
-    full, bound = ExactSearch(store), bound_for(store, min(rank, C))
+    stages = sorted({int(r) for r in rng.integers(1, min(rank, C) + 1, size=rng.integers(1, 4))})
+    walk, gather = rng.choice(["all", "first", "priced"]), float(rng.choice([0, 4]))
+    full, bound = ExactSearch(store), bound_for(store, stages, gather_cost=gather, walk=walk)
     qt = torch.from_numpy(unit_rows(q.astype(np.float32)))
     same_threshold(full, bound, 0, qt, thr)
     same(full.topk(0, qt, k), bound.topk(0, qt, k))
@@ -268,38 +277,62 @@ def test_the_planner_scans_when_the_bound_cannot_prune():
     assert st.plan == "bound"
 
 
-def test_choose_rank_prices_the_ranks_by_what_they_leave():
-    """A block of rank-4 outputs (plus faint noise) is cheapest at the smallest rank that holds
-    them; a block whose outputs spread over every direction needs more. Each estimate is a mean
-    and a 95th percentile, as fractions of a full scan."""
-    from app.search.bound_build import choose_rank, fit_basis
+def test_choose_stages_prices_the_walks_by_what_they_leave():
+    """A block of rank-4 outputs (plus faint noise) is cheapest walked to the smallest rank that
+    holds them; a block whose outputs spread over every direction needs more. Each estimate is a
+    mean and a 98th percentile, as fractions of a full scan."""
+    from app.search.bound_build import choose_stages, fit_basis
 
     rng = np.random.default_rng(11)
     P, C = 4000, 64
     low = unit_rows(rng.normal(size=(P, 4)) @ rng.normal(size=(4, C)) + 1e-3 * rng.normal(size=(P, C)))
-    r, info = choose_rank(low.astype(np.float16), fit_basis(low, 48), ranks=(4, 16, 48), queries=32)
-    assert r == 4
-    assert set(info["cost_vs_scan"]) == {4, 16, 48}
-    mean, p95 = info["cost_vs_scan"][4]
-    assert 0 < mean <= p95 < 1
+    stages, info = choose_stages(low.astype(np.float16), fit_basis(low, 48), ranks=(4, 16, 48),
+                                 queries=32)
+    assert stages[-1] == 4
+    assert set(info["cost_vs_scan"]) == {4, 16, 48} and info["walk"]["stages"] == stages
+    mean, p98 = info["cost_vs_scan"][4]
+    assert 0 < mean <= p98 < 1
     spread = unit_rows(rng.normal(size=(P, 24)) @ rng.normal(size=(24, C)) + 0.1 * rng.normal(size=(P, C)))
-    r, _ = choose_rank(spread.astype(np.float16), fit_basis(spread, 48), ranks=(2, 24, 48), queries=32)
-    assert r == 24
+    stages, _ = choose_stages(spread.astype(np.float16), fit_basis(spread, 48), ranks=(2, 24, 48),
+                                 queries=32)
+    assert stages[-1] >= 24
 
 
-def test_ranks_are_priced_on_prompts_from_outside_the_pool(engine, workspace):
-    """Given query outputs, choose_rank prices on them (nothing excluded) instead of pool strings;
-    a store build forwards validation prompts for it and says so in the manifest."""
-    from app.search.bound_build import choose_rank, fit_basis
+def test_the_walk_reads_on_only_for_queries_the_first_stage_leaves_loose():
+    """Priced, a query stops at the first stage whose candidates cost less to decide than the next
+    stage: on a store of rank-8 outputs, a first stage of rank 1 leaves thousands for a top-k
+    query, which walks on to rank 8 (its stats say so), while a threshold high above every
+    similarity stops at once; the answers equal the full scan's either way."""
+    from app.search.bound import GATHER_COST
+
+    rng = np.random.default_rng(13)
+    L, P, C = 1, 20000, 32
+    x = unit_rows(rng.normal(size=(L, P, 8)) @ rng.normal(size=(8, C)) + 1e-3 * rng.normal(size=(L, P, C)))
+    store = make_store(x)
+    full, bound = ExactSearch(store), bound_for(store, [1, 8], gather_cost=GATHER_COST)
+    q = torch.from_numpy(unit_rows(x[0, 17] + 0.01 * rng.normal(size=C)).astype(np.float32))
+    got = bound.topk(0, q, 20)
+    assert got.stats.rank == 8 and got.stats.plan == "bound" and got.stats.candidates < P // 10
+    same(full.topk(0, q, 20), got)
+    none = bound.threshold(0, -torch.from_numpy(x[0, 0].astype(np.float32)), 0.999)
+    assert none.stats.rank == 1 and len(none) == len(full.threshold(0, -torch.from_numpy(x[0, 0].astype(np.float32)), 0.999))
+
+
+def test_stages_are_priced_on_prompts_from_outside_the_pool(engine, workspace):
+    """Given query outputs, choose_stages prices on them (nothing excluded) instead of pool
+    strings; a store build forwards validation prompts for it and says so in the manifest."""
+    from app.search.bound_build import choose_stages, fit_basis
     from app.workspace import pricing_prompts
 
     Q = pricing_prompts(workspace, count=24)
     L, C = engine.store.n_layer, engine.store.unit.shape[2]
     assert Q.shape == (L, 24, C) and np.isfinite(Q).all()
     unit = engine.store.unit[3]
-    r, info = choose_rank(unit, fit_basis(unit, 16), ranks=(2, 8, 16), prompts=Q[3], threshold=0.5)
-    assert info["queries"] == 24 and set(info["score"]) == {2, 8, 16} and r in (2, 8, 16)
-    assert engine.store.manifest["bound"]["priced_on"] == "128 held-out prompts"
+    stages, info = choose_stages(unit, fit_basis(unit, 16), ranks=(2, 8, 16), prompts=Q[3], threshold=0.5)
+    assert info["queries"] == 24 and set(info["score"]) == {"2-2", "2-8", "2-16", "8-8", "8-16", "16-16"}
+    assert set(stages) <= {2, 8, 16}
+    m = engine.store.manifest["bound"]
+    assert m["priced_on"] == "128 held-out prompts" and len(m["stages"]) == L
 
 
 def test_ranks_differ_by_block_and_answers_stay_exact():
@@ -343,6 +376,6 @@ def test_an_older_bound_layout_is_refused_and_rebuilt_alone(workspace, engine):
     assert add_missing_indexes(workspace, None, progress=False) == ["bound"]
     after = json.loads(mpath.read_text())
     assert not (path / "bound_resid.npy").exists() and "bound_resid.npy" not in after["files"]
-    assert after["bound"]["layout"] == 2 and len(after["bound"]["ranks"]) == engine.store.n_layer
+    assert after["bound"]["layout"] == LAYOUT and len(after["bound"]["stages"]) == engine.store.n_layer
     assert {n: m for n, m in after["files"].items() if not n.startswith("bound_")} == before
     make_search(open_store(path, workspace.spec), "bound")

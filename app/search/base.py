@@ -30,14 +30,16 @@ class SearchStats:
     "ivf"); ``candidates``: strings (for a batch: query-string pairs) whose similarity the plan
     computed or proved; ``bytes_read``: bytes of vectors and index arrays it read, an estimate from
     the shapes (an upper one where proven strings are never read; the ivf counts its candidates'
-    vectors, not faiss's lists)."""
+    vectors, not faiss's lists); ``rank``: for the bound, the rank of the bound it stopped at
+    (0 for the other plans)."""
 
     plan: str = ""
     candidates: int = 0
     bytes_read: int = 0
+    rank: int = 0
 
-    def fill(self, plan: str, candidates: int, bytes_read: int) -> "SearchStats":
-        self.plan, self.candidates, self.bytes_read = plan, int(candidates), int(bytes_read)
+    def fill(self, plan: str, candidates: int, bytes_read: int, rank: int = 0) -> "SearchStats":
+        self.plan, self.candidates, self.bytes_read, self.rank = plan, int(candidates), int(bytes_read), int(rank)
         return self
 
 
@@ -227,9 +229,10 @@ def batch_output(answers: list[tuple[int, Neighbours]]) -> tuple[np.ndarray, ...
             np.concatenate([nb.sims for _, nb in answers]))
 
 
-def record(stats: SearchStats | None, plan: str, candidates: int, bytes_read: int) -> SearchStats:
+def record(stats: SearchStats | None, plan: str, candidates: int, bytes_read: int,
+           rank: int = 0) -> SearchStats:
     """Fill the caller's ``stats`` (a batch's), or a new one (a single query's)."""
-    return (stats if stats is not None else SearchStats()).fill(plan, candidates, bytes_read)
+    return (stats if stats is not None else SearchStats()).fill(plan, candidates, bytes_read, rank)
 
 
 # --- the checks when an index opens -------------------------------------------------------------

@@ -1,17 +1,18 @@
-"""Building the bound index (:mod:`app.search.bound`): each block's directions, its rank chosen by
-measurement, its table of projections and residual norms, and the files and manifest entry.
+"""Building the bound index (:mod:`app.search.bound`): each block's directions, its stages chosen
+by measurement, its table of projections and residual norms, and the files and manifest entry.
 
 Index time times nothing; it counts. For a sample of queries (the outputs of held-out prompts
-when the caller gives them, else pool strings), ``choose_rank`` counts the candidates each rank's
-bound leaves at their 50th and 200th exact neighbour (and at the block's calibrated threshold),
-prices them as the CPU plan reads them (a streaming pass of the float32 table, then gathered rows
-or the float16 scan, whose bytes cost SCAN_COST times as much: the CPU converts each value), and
-keeps the cheapest rank; the manifest records the estimates. A block whose outputs spread over
-many directions (blog's blocks 3 and 4 keep under half their energy in 32) gets more directions, a
-low-rank block fewer. Measured with the scan priced at its bytes and pool strings as queries,
-tiny's blocks 4 and 5 got rank 8 and sent 7-9 % of typed prompts' top-200 searches to the scan
-(p95 31 ms a block against 5 ms at rank 16); priced as now, blog's ranks went from 24,24,64,32,64,24
-to 48,32,96,128,96,48 and its full query's top-200 p95 from 248 to 124 ms (threshold: 102 to 86).
+when the caller gives them, else pool strings), ``choose_stages`` counts the candidates each
+rank's bound leaves at their 50th and 200th exact neighbour (and at the block's calibrated
+threshold), prices them as the CPU plan reads them (streaming passes of the float32 table, then
+gathered rows or the float16 scan, whose bytes cost SCAN_COST times as much: the CPU converts
+each value), and keeps the cheapest walk: the first and last stage, the ranks between them the
+stages (``walk_cost`` follows a query as ``BoundSearch`` walks it). The manifest records the
+estimates. A block whose outputs spread over many directions (blog's blocks 3 and 4 keep under
+half their energy in 32) walks further, a low-rank block stops sooner. History, on blog: one rank
+per block priced at the scan's bytes and on pool strings gave 24,24,64,32,64,24; priced as the CPU
+pays, on held-out prompts, 48,32,96,128,96,48 (full query top-200 p95 248 -> 124 ms, threshold
+102 -> 86); walked, see ``choose_stages``.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ import torch
 
 from ..store import seal_index
 from .base import as_tensor
-from .bound import GATHER_COST, LAYOUT, SCAN_COST, BoundIndex, index_files
+from .bound import GATHER_COST, LAYOUT, SCAN_COST, STAGE_OVERHEAD, BoundIndex, index_files
 
-RANKS = (8, 16, 24, 32, 48, 64, 96, 128)  # the ranks ``choose_rank`` prices (those below the width)
+RANKS = (8, 16, 24, 32, 48, 64, 96, 128)  # the ranks ``choose_stages`` prices (those below the width)
 
 
 def fit_basis(unit: np.ndarray, k: int, sample: int = 20000, seed: int = 0) -> np.ndarray:
@@ -42,18 +43,24 @@ def _rows32(unit: np.ndarray, s: int, e: int) -> torch.Tensor:
     return as_tensor(np.ascontiguousarray(unit[s:e])).to(torch.float32)
 
 
-def project(unit: np.ndarray, basis: np.ndarray, out: np.ndarray | None = None,
+def project(unit: np.ndarray, basis: np.ndarray, stages, out: np.ndarray | None = None,
             chunk: int = 65536) -> np.ndarray:
-    """The block's table (k + 1, P), float32: the projections of the stored float16 vectors on the
-    k columns of ``basis``, then their residual norms; written into ``out`` when given."""
-    U = torch.from_numpy(np.ascontiguousarray(basis, dtype=np.float32))
-    P, k = len(unit), U.shape[1]
-    table = np.empty((k + 1, P), dtype=np.float32) if out is None else out
+    """The block's table (r + len(stages), P), float32, laid out as ``BoundIndex`` reads it: the
+    projections of the stored float16 vectors on the r = stages[-1] columns of ``basis``, with the
+    residual norm at each stage's rank after that stage's directions (each computed directly, not
+    from energies); written into ``out`` when given."""
+    stages = [int(r) for r in stages]
+    U = torch.from_numpy(np.ascontiguousarray(basis[:, : stages[-1]], dtype=np.float32))
+    P = len(unit)
+    table = np.empty((stages[-1] + len(stages), P), dtype=np.float32) if out is None else out
     for s in range(0, P, chunk):
         X = _rows32(unit, s, s + chunk)
         xp = X @ U
-        table[:k, s : s + chunk] = xp.T.numpy()
-        table[k, s : s + chunk] = (X - xp @ U.T).norm(dim=1).numpy()
+        prev = 0
+        for i, r in enumerate(stages):
+            table[prev + i : r + i, s : s + chunk] = xp[:, prev:r].T.numpy()
+            table[r + i, s : s + chunk] = (X - xp[:, :r] @ U[:, :r].T).norm(dim=1).numpy()
+            prev = r
     return table
 
 
@@ -63,37 +70,56 @@ def rank_choices(C: int) -> tuple[int, ...]:
     return tuple(r for r in RANKS if r < C) or (max(1, C // 2),)
 
 
-def choose_rank(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int = 128,
-                ks: tuple[int, ...] = (50, 200), threshold: float | None = None,
-                gather_cost: float = GATHER_COST, scan_cost: float = SCAN_COST,
-                chunk: int = 65536, seed: int = 0, prompts: np.ndarray | None = None
-                ) -> tuple[int, dict]:
-    """The rank (among ``ranks``, each at most basis's columns) whose bound costs least on this
-    block, and the estimates: for ``queries`` pool strings (seed ``seed``) as queries, self
-    excluded, the bound's candidates at each one's k-th exact similarity (k in ``ks``) and at the
-    block's calibrated ``threshold`` when it has one, priced in
-    bytes as the CPU plan reads them (the table's pass, then gathered rows at ``gather_cost``, or
-    the scan when the planner would switch to it), as fractions of one full scan of the block: the
-    mean and the 98th percentile over queries and cuts. The rank minimising mean + p98 / 2, taken
-    per cut (each mode's tail apart: a threshold whose neighbour sets are so large that every rank
-    scans must not hide the top-k tail that one rank fixes) and averaged over the cuts, wins:
-    a page waits for its slowest blocks, so a rank that is cheap on average but now and then falls
-    back to the scan loses to one a little dearer that rarely does, while the typical query still
-    counts most (measured on blog with bench/search.py: the sum of the two chose rank 128 for
-    block 3, which cut top-200's scans from 39 % of prompts to 0.7 % but made threshold mode's
-    p50 half as slow again). The sample's queries are pool strings, whose neighbours lie closer
-    than a typed prompt's, so a rank that serves them well can fail typed prompts (measured on
-    tiny's blocks 4 and 5: rank 8 won on pool strings, and left 7-9 % of real prompts' top-200
-    searches to the scan, p95 31 ms against 5 ms at rank 16). Given ``prompts`` (B, C), the unit
-    outputs of prompts from outside the pool (``add_bound``'s caller forwards held-out text), those
-    are the queries instead, nothing excluded.
+def walk_cost(counts: np.ndarray, ranks, P: int, C: int, gather_cost: float = GATHER_COST,
+              scan_cost: float = SCAN_COST) -> np.ndarray:
+    """What walking the stages ``ranks`` costs each query, as fractions of a full scan, given
+    ``counts`` (len(ranks), queries): the candidates each stage's bound leaves. Each query reads
+    stage after stage (its rows, plus STAGE_OVERHEAD) and stops as ``BoundSearch._stop`` does: at
+    the last stage, or when deciding its candidates (or the scan, when the planner would switch)
+    costs no more than the next stage. All in bytes of the table's pass, gathered rows and the
+    float16 scan priced as in ``choose_stages``."""
+    scan = 2 * C * P * scan_cost
+    decide = np.minimum(counts * gather_cost, P) * 2 * C * scan_cost
+    rows = [ranks[0] + 1] + [r - p + 2 for p, r in zip(ranks, ranks[1:])]
+    step = 4 * P * (np.array(rows, dtype=np.float64) + STAGE_OVERHEAD)
+    read = np.cumsum(step)
+    cost = np.full(counts.shape[1], np.nan)
+    for i in range(len(ranks)):
+        last = i == len(ranks) - 1
+        stop = np.isnan(cost) & (last | (decide[i] <= (step[i + 1] if not last else 0)))
+        cost[stop] = (read[i] + decide[i][stop]) / scan
+    return cost
+
+
+def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int = 128,
+                  ks: tuple[int, ...] = (50, 200), threshold: float | None = None,
+                  gather_cost: float = GATHER_COST, scan_cost: float = SCAN_COST,
+                  chunk: int = 65536, seed: int = 0, prompts: np.ndarray | None = None
+                  ) -> tuple[list[int], dict]:
+    """The stages (increasing ranks among ``ranks``, each at most basis's columns) whose walk
+    costs least on this block, and the estimates.
+
+    For ``queries`` pool strings (seed ``seed``) as queries, self excluded, or, given ``prompts``
+    (B, C), the unit outputs of prompts from outside the pool (``add_bound``'s caller forwards
+    held-out text; their neighbours lie farther than a pool string's), nothing excluded: the
+    candidates each rank's bound leaves at each query's k-th exact similarity (k in ``ks``) and at
+    the block's calibrated ``threshold`` when it has one. From them, ``walk_cost`` prices every
+    choice of first and last stage (the ranks between are the stages) as fractions of a full scan
+    of the block. The choice minimising mean + p98 / 2, taken per cut and averaged over the cuts,
+    wins (the smaller on a tie): a page waits for its slowest blocks, so the tail counts, while
+    the typical query counts most.
+
+    Measured on blog (128 held-out prompts, bench numbers in bound.py's docstring): one rank per
+    block had to serve both modes, and the rank top-200's tail needed (128 for block 3: 0.35 of a
+    scan on average) cost threshold mode three times what rank 32 did (0.11); walked, block 3
+    costs 0.115 (threshold) and 0.22 (top-200) on average.
     Residual norms here come from energies (|x|^2 - |x_p|^2): close enough to price, never used to
     prune."""
     P, C = unit.shape
     ranks = tuple(r for r in (ranks or rank_choices(C)) if r <= basis.shape[1])
     K = min(max(ks), P - 1)
     if K < 1 or len(ranks) == 1:
-        return ranks[0], {}
+        return [ranks[-1]], {}
     if prompts is not None:
         qi = np.full(len(prompts), -1)
         Q = torch.nn.functional.normalize(torch.from_numpy(np.asarray(prompts, dtype=np.float32)), dim=1)
@@ -123,70 +149,88 @@ def choose_rank(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int = 
         for i, r in enumerate(ranks):
             ub = Qp[:, :r] @ Xp[:, :r].T + q_res[:, r - 1 : r] * x_res[:, r - 1][None]
             counts[i] += (ub[:, :, None] >= cuts[:, None, :]).sum(1)
-    row, scan = 2 * C * scan_cost, 2 * C * P * scan_cost  # in bytes of the table's pass
-    costs, score = {}, {}
+    counts = counts.numpy()
+    n_cuts = counts.shape[2]
+    fixed = {}  # each rank alone: one stage
     for i, r in enumerate(ranks):
-        gathered = counts[i] * gather_cost * row
-        after = torch.where(counts[i] * gather_cost <= P, gathered, torch.full_like(gathered, scan))
-        cost = (4 * (r + 1) * P + after) / scan  # (queries, cuts)
-        costs[r] = (round(float(cost.mean()), 4), round(float(cost.quantile(0.98)), 4))
-        score[r] = round(float((cost.mean(0) + cost.quantile(0.98, dim=0) / 2).mean()), 4)
-    return min(score, key=score.get), {"cost_vs_scan": costs, "score": score, "queries": B,
-                                       "ks": list(ks), "threshold": threshold}
+        cost = np.stack([walk_cost(counts[i : i + 1, :, c], [r], P, C, gather_cost, scan_cost)
+                         for c in range(n_cuts)], 1)
+        fixed[r] = cost
+    score, walks = {}, {}
+    for a in range(len(ranks)):
+        for z in range(a, len(ranks)):
+            st = list(ranks[a : z + 1])
+            cost = np.stack([walk_cost(counts[a : z + 1, :, c], st, P, C, gather_cost, scan_cost)
+                             for c in range(n_cuts)], 1)  # (queries, cuts)
+            key = f"{st[0]}-{st[-1]}"
+            score[key] = round(float((cost.mean(0) + np.quantile(cost, 0.98, axis=0) / 2).mean()), 4)
+            walks[key] = (st, round(float(cost.mean()), 4), round(float(np.quantile(cost, 0.98)), 4))
+    key = min(score, key=lambda k: (score[k], walks[k][0][-1]))
+    stages = walks[key][0]
+    return stages, {
+        "cost_vs_scan": {r: (round(float(c.mean()), 4), round(float(np.quantile(c, 0.98)), 4))
+                         for r, c in fixed.items()},
+        "walk": {"stages": stages, "mean": walks[key][1], "p98": walks[key][2], "score": score[key]},
+        "score": score, "queries": B, "ks": list(ks), "threshold": threshold}
 
 
-def fit_index(unit: np.ndarray, ranks) -> BoundIndex:
-    """An index in memory over ``unit`` (L, P, C) at the given rank of each block (tests,
-    small stores; ``add_bound`` writes one to disk and chooses the ranks)."""
+def fit_index(unit: np.ndarray, stages) -> BoundIndex:
+    """An index in memory over ``unit`` (L, P, C), block b walking the ranks ``stages[b]`` (a
+    list, or one rank: one stage) (tests, small stores; ``add_bound`` chooses the stages and
+    writes the index to disk)."""
     L, P, C = unit.shape
-    ranks = [max(1, min(int(r), C, P)) for r in ranks]  # SVD of P rows gives min(P, C) directions
-    basis = np.zeros((L, C, max(ranks)), dtype=np.float32)
-    table = np.empty((sum(r + 1 for r in ranks), P), dtype=np.float32)
-    index = BoundIndex(basis, ranks, table)
+    top = min(C, P)  # SVD of P rows gives min(P, C) directions
+    stages = [sorted({max(1, min(int(r), top)) for r in np.atleast_1d(st)}) for st in stages]
+    basis = np.zeros((L, C, max(st[-1] for st in stages)), dtype=np.float32)
+    table = np.empty((sum(st[-1] + len(st) for st in stages), P), dtype=np.float32)
+    index = BoundIndex(basis, stages, table)
     for b in range(L):
-        index.basis[b, :, : ranks[b]] = fit_basis(unit[b], ranks[b])
-        project(unit[b], index.basis[b, :, : ranks[b]], out=index.block(b))
+        index.basis[b, :, : stages[b][-1]] = fit_basis(unit[b], stages[b][-1])
+        project(unit[b], index.basis[b], stages[b], out=index.block(b))
     return index
 
 
-def add_bound(path, rank: int | None = None, thresholds=None, progress: bool = True,
-              prompts: np.ndarray | None = None) -> dict:
-    """Fit and write the bound index of the store (or finished build) at ``path``, each block at
-    the rank ``choose_rank`` measures cheapest (priced at its calibrated threshold in
+def add_bound(path, thresholds=None, progress: bool = True, prompts: np.ndarray | None = None) -> dict:
+    """Fit and write the bound index of the store (or finished build) at ``path``, each block with
+    the stages ``choose_stages`` measures cheapest (priced at its calibrated threshold in
     ``thresholds`` too, when given, and on the outputs ``prompts`` (L, B, C) of prompts from
-    outside the pool when given, else on pool strings), or at ``rank``; returns its manifest entry
-    (less the seconds): the layout, the ranks and what each rank was estimated to cost (mean, p98)."""
+    outside the pool when given, else on pool strings); returns its manifest entry (less the
+    seconds): the layout, the stages and what was estimated (fractions of a
+    full scan: each rank alone and the chosen walk, mean and p98)."""
     from tqdm import tqdm
 
     path = Path(path)
     unit = np.load(path / "ffn_unit.npy", mmap_mode="r")
     L, P, C = unit.shape
-    top = min(max(rank_choices(C)) if rank is None else rank, C, P)
+    top = min(max(rank_choices(C)), C, P)
     basis = np.zeros((L, C, top), dtype=np.float32)
-    ranks, costs, scores = [], [], []
-    for b in tqdm(range(L), desc="bound index: ranks", disable=not progress, dynamic_ncols=True):
+    stages, costs, walks, scores = [], [], [], []
+    for b in tqdm(range(L), desc="bound index: stages", disable=not progress, dynamic_ncols=True):
         basis[b] = fit_basis(unit[b], top)
         thr = None if thresholds is None else thresholds[b]
-        r, info = (top, {}) if rank is not None else choose_rank(
-            unit[b], basis[b], threshold=thr, prompts=None if prompts is None else prompts[b])
-        ranks.append(int(r))
+        st, info = choose_stages(unit[b], basis[b], threshold=thr,
+                                     prompts=None if prompts is None else prompts[b])
+        stages.append([int(r) for r in st])
         costs.append(info.get("cost_vs_scan", {}))
+        walks.append(info.get("walk", {}))
         scores.append(info.get("score", {}))
+    ranks = [st[-1] for st in stages]
     basis = np.ascontiguousarray(basis[:, :, : max(ranks)])
     for b, r in enumerate(ranks):
         basis[b, :, r:] = 0  # block b uses its first r columns
     table = np.lib.format.open_memmap(path / "bound_proj.npy.tmp", "w+", np.float32,
-                                      (sum(r + 1 for r in ranks), P))
-    index = BoundIndex(basis, ranks, table)
+                                      (sum(r + len(st) for r, st in zip(ranks, stages)), P))
+    index = BoundIndex(basis, stages, table)
     for b in tqdm(range(L), desc="bound index: tables", disable=not progress, dynamic_ncols=True):
-        project(unit[b], basis[b, :, : ranks[b]], out=index.block(b))
+        project(unit[b], basis[b], stages[b], out=index.block(b))
     table.flush()
     del table, index
     np.save(path / "bound_basis.npy", basis)
     os.replace(path / "bound_proj.npy.tmp", path / "bound_proj.npy")
-    return {"layout": LAYOUT, "ranks": ranks, "rank": max(ranks),
+    return {"layout": LAYOUT, "stages": stages, "ranks": ranks,
+            "rank": max(ranks), "walk": walks,
             "cost_vs_scan": [{str(r): list(c) for r, c in cs.items()} for cs in costs],
-            "score": [{str(r): v for r, v in sc.items()} for sc in scores],
+            "score": scores,
             "priced_on": "pool strings" if prompts is None else f"{prompts.shape[1]} held-out prompts"}
 
 
