@@ -356,12 +356,13 @@ def test_ranks_differ_by_block_and_answers_stay_exact():
 def test_an_older_bound_layout_is_refused_and_rebuilt_alone(workspace, engine):
     """A store whose bound index has layout 1 (one rank, residual norms in their own file) opens
     without it, with a message naming the fix; ``add_missing_indexes`` retires the old files from
-    the manifest first, then adds the new index, and the store's vectors are untouched."""
+    the manifest first, then adds the new index (as `ffnlens serve` opens the store: `make start`
+    after an upgrade just works), and the store's vectors are untouched."""
     import json
 
     from app.search import make_search
     from app.store import StoreError, open_store
-    from app.workspace import add_missing_indexes
+    from app.workspace import open_engine
 
     path = workspace.store_dir
     mpath = path / "manifest.json"
@@ -373,7 +374,7 @@ def test_an_older_bound_layout_is_refused_and_rebuilt_alone(workspace, engine):
     mpath.write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="older layout.*ffnlens index"):
         make_search(open_store(path, workspace.spec), "bound")
-    assert add_missing_indexes(workspace, None, progress=False) == ["bound"]
+    assert open_engine(workspace, build=True, progress=False).search.name == "bound"  # as serve opens it
     after = json.loads(mpath.read_text())
     assert not (path / "bound_resid.npy").exists() and "bound_resid.npy" not in after["files"]
     assert after["bound"]["layout"] == LAYOUT and len(after["bound"]["stages"]) == engine.store.n_layer
