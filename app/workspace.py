@@ -271,7 +271,7 @@ def store_label(spec: StoreSpec) -> str:
 def sibling_engines(ws: Workspace, stores_dir: Path) -> dict[str, Engine]:
     """Engines over the other complete stores of the workspace's model, corpus, n and pool mode (its
     in-context stores, its attention or residual stores), by ``store_label``. Stores that do not load
-    are passed over."""
+    are passed over; one whose bound index does not open is served by the full scan (and says so)."""
     out = {}
     key = (ws.spec.model_sha256, ws.spec.corpus_sha256, ws.spec.n, ws.spec.mode)
     for mpath in sorted(Path(stores_dir).glob("*/manifest.json")):
@@ -289,5 +289,10 @@ def sibling_engines(ws: Workspace, stores_dir: Path) -> dict[str, Engine]:
             st = open_store(d, spec, corpus_ids=ws.ids)
         except StoreError:
             continue
-        out[store_label(spec)] = Engine(ws.model, ws.tok, st, make_search(st, "auto", ws.device), ws.device)
+        try:
+            search = make_search(st, "auto", ws.device)
+        except StoreError as e:  # e.g. a bound index of an older layout: served by the full scan
+            print(f"ffnlens: {store_label(spec)} is served by the full scan: {e}", flush=True)
+            search = make_search(st, "exact", ws.device)
+        out[store_label(spec)] = Engine(ws.model, ws.tok, st, search, ws.device)
     return out

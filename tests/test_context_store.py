@@ -90,6 +90,23 @@ def test_the_explorer_switches_stores_by_url(context_ws, workspace, engine, sett
     assert client.get("/api/query", params={"prompt": "x", "store": "<b>"}).status_code == 400
 
 
+def test_a_sibling_whose_bound_index_does_not_open_is_served_by_the_full_scan(context_ws, workspace, tmp_path):
+    """A sibling store whose bound index is of an older layout neither stops the server nor is
+    passed over: it is served by the full scan, and the server says so."""
+    import json
+    import shutil
+
+    from app.workspace import sibling_engines
+
+    dst = tmp_path / "stores" / context_ws.store_dir.name
+    shutil.copytree(context_ws.store_dir, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["bound"]["layout"] = 2
+    (dst / "manifest.json").write_text(json.dumps(m))
+    siblings = sibling_engines(workspace, tmp_path / "stores")
+    assert siblings["context16"].search.name == "exact"
+
+
 def test_held_out_prompts_can_be_read_in_context(settings, micro_model_dir, micro_corpus):
     """--prompt-length L: L characters of validation text ending with a string absent from the pool."""
     from app.corpus import string_keys
