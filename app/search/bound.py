@@ -122,14 +122,15 @@ class BoundIndex:
         """The row of block b's table holding the residual norms at stage i's rank."""
         return self.stages[b][i] + i
 
-    def stage_span(self, b: int, i: int) -> tuple[int, int]:
-        """Rows [start, end) of block b's table that stage i's product reads."""
-        st = self.stages[b]
-        return (0 if i == 0 else st[i - 1] + i - 1), st[i] + i + 1
+    def stage_span(self, b: int, i: int, j: int | None = None) -> tuple[int, int]:
+        """Rows [start, end) of block b's table that moving from stage i - 1 to stage j reads
+        (default j = i: stage i's own rows; i = 0: from the first row)."""
+        st, j = self.stages[b], i if j is None else j
+        return (0 if i == 0 else st[i - 1] + i - 1), st[j] + j + 1
 
-    def stage_bytes(self, b: int, i: int) -> int:
-        """Bytes that stage i of block b reads (one streaming pass over its rows)."""
-        s, e = self.stage_span(b, i)
+    def stage_bytes(self, b: int, i: int, j: int | None = None) -> int:
+        """Bytes that moving from stage i - 1 to stage j (default: i) of block b reads."""
+        s, e = self.stage_span(b, i, j)
         return 4 * (e - s) * self.table.shape[1]
 
     def block_bytes(self, b: int, upto: int | None = None) -> int:
@@ -146,23 +147,26 @@ class BoundIndex:
         res = [np.linalg.norm(qn - U[:, :r] @ qp[:r]) for r in self.stages[b]]
         return qp.astype(np.float32), np.array(res, dtype=np.float32)
 
-    def stage_vec(self, qp: np.ndarray, qres: np.ndarray, b: int, i: int) -> np.ndarray:
-        """The query's side of stage i's product (see the class)."""
-        st = self.stages[b]
-        if i == 0:
-            return np.append(qp[: st[0]], qres[0]).astype(np.float32)
-        return np.concatenate([[-qres[i - 1]], qp[st[i - 1] : st[i]], [qres[i]]]).astype(np.float32)
+    def stage_vec(self, qp: np.ndarray, qres: np.ndarray, b: int, i: int, j: int | None = None) -> np.ndarray:
+        """The query's side of the product over ``stage_span(b, i, j)``: it turns the rank-r_{i-1}
+        bound into the rank-r_j one (the old residual term taken out, the new directions and the
+        new residual term added; the residual rows between weighted 0); for i = 0, the rank-r_j
+        bound itself."""
+        st, j = self.stages[b], i if j is None else j
+        start, end = self.stage_span(b, i, j)
+        v = np.zeros(end - start, dtype=np.float32)
+        if i > 0:
+            v[0] = -qres[i - 1]
+        prev = 0 if i == 0 else st[i - 1]
+        for s in range(i, j + 1):  # stage s's directions sit at rows r_{s-1} + s .. r_s + s - 1
+            v[prev + s - start : st[s] + s - start] = qp[prev : st[s]]
+            prev = st[s]
+        v[-1] = qres[j]
+        return v
 
     def prefix_vec(self, qp: np.ndarray, qres: np.ndarray, b: int, i: int) -> np.ndarray:
-        """The query's side of the rank-r_i bound in one product over the rows through stage i
-        (the earlier residual rows weighted 0)."""
-        v = np.zeros(self.stage_span(b, i)[1], dtype=np.float32)
-        prev = 0
-        for j, r in enumerate(self.stages[b][: i + 1]):
-            v[prev + j : r + j] = qp[prev:r]
-            prev = r
-        v[-1] = qres[i]
-        return v
+        """The query's side of the rank-r_i bound in one product over the rows through stage i."""
+        return self.stage_vec(qp, qres, b, 0, i)
 
     def cpu_bounds(self, b: int, qp: np.ndarray, qres: np.ndarray, i: int | None = None) -> np.ndarray:
         """(P,) upper bounds at stage i's rank (default: the last) on the CPU: one streaming
@@ -245,34 +249,40 @@ class BoundSearch:
         """(P,) float32 upper bounds of q . x at the block's last stage, valid to within BOUND_MARGIN."""
         return torch.from_numpy(self.index.cpu_bounds(b, *self.index.query_parts(b, q)))
 
-    def _stop(self, b: int, i: int, n: int) -> bool:
-        """Whether a query at stage i of block b that leaves n candidates to decide stops there:
-        at the last stage, or when deciding them (scanning, when the planner would) costs no more
-        than the next stage's pass (both in bytes of the table's pass, priced as ``choose_stages``
-        prices them)."""
-        if i == len(self.index.stages[b]) - 1 or self.walk == "first":
-            return True
+    def _next(self, b: int, i: int, n: int) -> int | None:
+        """Where a query at stage i of block b that leaves n candidates to decide goes next: None
+        (it stops) at the last stage, or when deciding them costs no more than the next stage's
+        pass (both in bytes of the table's pass, priced as ``choose_stages`` prices them); straight
+        to the last stage when they are so many that the planner would scan (the stages between
+        would cost their overhead and rarely stop it: on blog's block 3 such queries leave 780,000
+        candidates at rank 32 and 5,000-35,000 at rank 128); else the next stage."""
+        last = len(self.index.stages[b]) - 1
+        if i == last or self.walk == "first":
+            return None
         if self.walk == "all":
-            return False
+            return i + 1
         P, C = self.store.size, self.store.unit.shape[2]
-        decide = min(n * self.gather_cost, P) * 2 * C * SCAN_COST
-        return decide <= self.index.stage_bytes(b, i + 1) + STAGE_OVERHEAD * 4 * P
+        if n * self.gather_cost > P:
+            return last
+        if n * self.gather_cost * 2 * C * SCAN_COST <= self.index.stage_bytes(b, i + 1) + STAGE_OVERHEAD * 4 * P:
+            return None
+        return i + 1
 
-    def _stages(self, b: int, qp: np.ndarray, qres: np.ndarray, exclude: int | None):
+    def _walk(self, b: int, qp: np.ndarray, qres: np.ndarray, exclude: int | None):
         """The query's bounds stage by stage: yields (stage, (P,) upper bounds), the same array
-        updated in place (the excluded row's bound -inf)."""
+        updated in place (the excluded row's bound -inf); the caller sends the stage to go to
+        next (``_next``), None to stop."""
         T = self.index.block(b)
-        ub = None
-        for i in range(len(self.index.stages[b])):
-            s, e = self.index.stage_span(b, i)
-            part = self.index.stage_vec(qp, qres, b, i) @ T[s:e]
-            if ub is None:
-                ub = part
-                if exclude is not None:
-                    ub[exclude] = -np.inf
-            else:
-                ub += part
-            yield i, ub
+        i, ub = 0, self.index.stage_vec(qp, qres, b, 0) @ T[: self.index.stage_span(b, 0)[1]]
+        if exclude is not None:
+            ub[exclude] = -np.inf
+        while True:
+            j = yield i, ub
+            if j is None:
+                return
+            s, e = self.index.stage_span(b, i + 1, j)
+            ub += self.index.stage_vec(qp, qres, b, i + 1, j) @ T[s:e]
+            i = j
 
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
         """As the full scan's, and the same answer. The bound's lower side, q_p . x_p - |q_r| |x_r|,
@@ -281,14 +291,18 @@ class BoundSearch:
         or its first strings are shown (see Neighbours)."""
         qp, qres = self.index.query_parts(b, q)
         resid = self.index.block(b)
-        for i, ub in self._stages(b, qp, qres, exclude):
+        walk = self._walk(b, qp, qres, exclude)
+        i, ub = next(walk)
+        while True:
             cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
             hi = ub[cand]
             lo = hi - 2 * qres[i] * resid[self.index.resid_row(b, i), cand]
             sure = lo > np.float32(thr + BOUND_MARGIN)
             test = cand[~sure]
-            if self._stop(b, i, len(test)):
+            j = self._next(b, i, len(test))
+            if j is None:
                 break
+            i, ub = walk.send(j)
         rank, read = self.index.stages[b][i], self.index.block_bytes(b, i)
         if len(test) * self.gather_cost > self.store.size:  # the bound cannot prune enough: scan
             nb = self.scan.threshold(b, q, thr, exclude)
@@ -319,15 +333,19 @@ class BoundSearch:
         m = min(n, TOPK_PROBE * k)
         qp, qres = self.index.query_parts(b, q)
         kth, probed = -np.inf, 0
-        for i, ub in self._stages(b, qp, qres, exclude):
+        walk = self._walk(b, qp, qres, exclude)
+        i, ub = next(walk)
+        while True:
             count = P if i == 0 else int(np.count_nonzero(ub >= np.float32(kth - BOUND_MARGIN)))
             if i == 0 or count > m:  # a k-th from this stage's best bounds (numpy's partition: 1 ms at 859k)
                 first = np.flatnonzero(ub >= np.partition(ub, P - m)[P - m])
                 kth = max(kth, float(self.scan.exact(b, torch.from_numpy(first), q).topk(k).values[-1]))
                 probed += len(first)
                 count = int(np.count_nonzero(ub >= np.float32(kth - BOUND_MARGIN)))
-            if self._stop(b, i, count):
+            j = self._next(b, i, count)
+            if j is None:
                 break
+            i, ub = walk.send(j)
         cand = np.flatnonzero(ub >= np.float32(kth - BOUND_MARGIN))
         rank, read = self.index.stages[b][i], self.index.block_bytes(b, i) + probed * self.scan.row_bytes()
         if len(cand) * self.gather_cost > P:  # the bound cannot prune enough: scan (see GATHER_COST)

@@ -74,20 +74,25 @@ def walk_cost(counts: np.ndarray, ranks, P: int, C: int, gather_cost: float = GA
               scan_cost: float = SCAN_COST) -> np.ndarray:
     """What walking the stages ``ranks`` costs each query, as fractions of a full scan, given
     ``counts`` (len(ranks), queries): the candidates each stage's bound leaves. Each query reads
-    stage after stage (its rows, plus STAGE_OVERHEAD) and stops as ``BoundSearch._stop`` does: at
-    the last stage, or when deciding its candidates (or the scan, when the planner would switch)
-    costs no more than the next stage. All in bytes of the table's pass, gathered rows and the
-    float16 scan priced as in ``choose_stages``."""
-    scan = 2 * C * P * scan_cost
-    decide = np.minimum(counts * gather_cost, P) * 2 * C * scan_cost
-    rows = [ranks[0] + 1] + [r - p + 2 for p, r in zip(ranks, ranks[1:])]
-    step = 4 * P * (np.array(rows, dtype=np.float64) + STAGE_OVERHEAD)
-    read = np.cumsum(step)
-    cost = np.full(counts.shape[1], np.nan)
-    for i in range(len(ranks)):
-        last = i == len(ranks) - 1
-        stop = np.isnan(cost) & (last | (decide[i] <= (step[i + 1] if not last else 0)))
-        cost[stop] = (read[i] + decide[i][stop]) / scan
+    stages (their rows, plus STAGE_OVERHEAD each) and goes on as ``BoundSearch._next`` sends it:
+    it stops when deciding its candidates costs no more than the next stage, goes straight to the
+    last stage when the planner would scan them, else to the next. All in bytes of the table's
+    pass; a gathered row costs ``gather_cost`` streamed float16 rows, and the float16 scan
+    ``scan_cost`` times its bytes (see ``choose_stages``)."""
+    last = len(ranks) - 1
+    rows = np.array([ranks[0] + 1] + [r - p + 2 for p, r in zip(ranks, ranks[1:])], dtype=np.float64)
+    cost = np.empty(counts.shape[1])
+    for q in range(counts.shape[1]):
+        i, read = 0, 4 * P * (rows[0] + STAGE_OVERHEAD)
+        while True:
+            n = counts[i, q]
+            decide = min(n * gather_cost, P) * 2 * C * scan_cost
+            if i == last or decide <= 4 * P * (rows[i + 1] + STAGE_OVERHEAD):
+                break
+            j = last if n * gather_cost > P else i + 1
+            read += 4 * P * (rows[i + 1 : j + 1].sum() + STAGE_OVERHEAD)
+            i = j
+        cost[q] = (read + decide) / (2 * C * P * scan_cost)
     return cost
 
 
