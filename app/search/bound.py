@@ -18,8 +18,8 @@ the calibrated threshold leave about as few candidates at rank 48 as at rank 128
 187), for less than half the bytes, while their 200th neighbours need rank 128 (rank 48 leaves a
 tail of 770,000 candidates at p95). So each block's table holds a few stages of increasing rank
 (``BoundIndex``), each stage one more product over rows not read before, and a query stops at the
-first stage whose candidates cost less to decide than the next stage would (``BoundSearch``). The
-stages are chosen per block, by measurement (``choose_stages`` in :mod:`app.search.bound_build`,
+first stage whose candidates cost less to decide than the next stage would (``BoundSearch``;
+top-k queries, whose k-th value must be found first, read the last stage). The stages are chosen per block, by measurement (``choose_stages`` in :mod:`app.search.bound_build`,
 which also fits the directions and writes the files).
 
 Rounding margin: everything is float32 on the stored float16 vectors (exactly representable in
@@ -76,12 +76,6 @@ SCAN_COST = 3.3
 # What a stage costs beyond its rows' bytes, in rows of P float32: adding its product into the
 # bounds and comparing them with the cut (two more passes over P values, and a write).
 STAGE_OVERHEAD = 3
-# Top-k's first k-th value comes from the exact similarities of the TOPK_PROBE x k best bounds of
-# the first stage: a loose first stage ranks the true neighbours among many others (measured on
-# blog's block 3 at rank 32, 16 held-out prompts: 2k best bounds left up to 30 % more candidates
-# at rank 48 than the true k-th would, 8k best at most 2 %); 8 x 200 rows cost about 1 MB.
-TOPK_PROBE = 8
-TOPK_REPROBE = 8
 SMALL = ("bound_basis.npy",)  # hashed in the manifest
 BIG = ("bound_proj.npy",)
 CHECK = IndexCheck("bound", made="fitted to", add="run `ffnlens index` to add it",
@@ -197,7 +191,7 @@ class BoundIndex:
 
 def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tensor, k: int,
                      exclude: int | None, plan: str, bound_bytes: int,
-                     gather_cost: float = GATHER_COST) -> Neighbours:
+                     gather_cost: float = GATHER_COST, rank: int = 0) -> Neighbours:
     """Two passes over upper bounds ``ub`` (on the CPU or a device): the exact similarities of the
     2k best bounds give a k-th value that the answer's k-th can only exceed; every string whose
     bound reaches it (less the margin, so ties at the k-th are all seen) is then decided exactly.
@@ -205,7 +199,7 @@ def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tenso
     re-ranking every bound)."""
     n, k = clamp_topk(ub, k, exclude)  # the excluded row's bound is now -inf
     if k <= 0:
-        return empty(record(None, plan, 0, bound_bytes))
+        return empty(record(None, plan, 0, bound_bytes, rank))
     m = min(n, 2 * k)
     if ub.device.type == "cpu":  # numpy's partition and flatnonzero: 3x faster than torch's topk
         u = ub.numpy()
@@ -220,9 +214,9 @@ def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tenso
     if len(cand) * gather_cost > len(ub):  # the bound cannot prune enough: scan (see GATHER_COST)
         nb = scan.topk(b, q, k, exclude)
         nb.stats = record(None, plan + "->scan", nb.stats.candidates,
-                          bound_bytes + m * scan.row_bytes() + nb.stats.bytes_read)
+                          bound_bytes + m * scan.row_bytes() + nb.stats.bytes_read, rank)
         return nb
-    stats = record(None, plan, len(cand), bound_bytes + len(cand) * scan.row_bytes())
+    stats = record(None, plan, len(cand), bound_bytes + len(cand) * scan.row_bytes(), rank)
     return best_of(cand, scan.exact(b, cand, q), k, stats)
 
 
@@ -230,12 +224,12 @@ class BoundSearch:
     """Exact answers (equal to the full float32 scan) from a pruned scan, for single queries and
     batches; the bounds on the CPU, the float32 products by ``scan`` (on ``device``).
 
-    A single query walks its block's stages (see BoundIndex) and stops at the first whose bound
-    leaves candidates that cost no more to decide than the next stage's pass would (``walk``:
-    "priced"; tests also walk "all" the stages or stop at the "first"). Most queries stop early
+    A threshold query walks its block's stages (see BoundIndex) and stops at the first whose
+    bound leaves candidates that cost no more to decide than the next stage's pass would
+    (``walk``: "priced"; tests also walk "all" the stages or stop at the "first"). Most stop early
     (a threshold's neighbours are easy to separate at a low rank), while the few whose candidates
-    stay many read on, so the rank is chosen per query by the tightness it measures (see
-    ``app.search.bound_build.choose_stages`` for what this saved)."""
+    stay many read on, so the rank is chosen per query by the tightness it measures. Top-k
+    queries and batches read the last stage (see ``topk`` and ``BoundIndex.batch_parts``)."""
 
     name = "bound"
 
@@ -245,14 +239,13 @@ class BoundSearch:
         self.scan = ExactSearch(store, device)
         self.gather_cost = gather_cost  # 0: never switch to the scan (the pruned plan always)
         self.walk = walk
-        self.reprobe = TOPK_REPROBE
 
     def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
         """(P,) float32 upper bounds of q . x at the block's last stage, valid to within BOUND_MARGIN."""
         return torch.from_numpy(self.index.cpu_bounds(b, *self.index.query_parts(b, q)))
 
     def _next(self, b: int, i: int, n: int) -> int | None:
-        """Where a query at stage i of block b that leaves n candidates to decide goes next: None
+        """Where a threshold query at stage i of block b that leaves n candidates to decide goes next: None
         (it stops) at the last stage, or when deciding them costs no more than the next stage's
         pass (both in bytes of the table's pass, priced as ``choose_stages`` prices them); straight
         to the last stage when they are so many that the planner would scan (the stages between
@@ -270,12 +263,13 @@ class BoundSearch:
             return None
         return i + 1
 
-    def _walk(self, b: int, qp: np.ndarray, qres: np.ndarray, exclude: int | None):
-        """The query's bounds stage by stage: yields (stage, (P,) upper bounds), the same array
-        updated in place (the excluded row's bound -inf); the caller sends the stage to go to
-        next (``_next``), None to stop."""
+    def _walk(self, b: int, qp: np.ndarray, qres: np.ndarray, exclude: int | None, start: int = 0):
+        """The query's bounds stage by stage from stage ``start``: yields (stage, (P,) upper
+        bounds), the same array updated in place (the excluded row's bound -inf); the caller sends
+        the stage to go to next (``_next``), None to stop."""
         T = self.index.block(b)
-        i, ub = 0, self.index.stage_vec(qp, qres, b, 0) @ T[: self.index.stage_span(b, 0)[1]]
+        i = start
+        ub = self.index.stage_vec(qp, qres, b, 0, i) @ T[: self.index.stage_span(b, 0, i)[1]]
         if exclude is not None:
             ub[exclude] = -np.inf
         while True:
@@ -323,43 +317,17 @@ class BoundSearch:
                           fill=lambda r: self.scan.exact(b, torch.from_numpy(r), q).numpy())
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
-        """As the full scan's, and the same answer. The exact similarities of the TOPK_PROBE x k
-        best first-stage bounds give a k-th value that the answer's k-th can only exceed; each
-        stage counts the strings whose bound reaches it (less the margin, so ties at the k-th are
-        all seen), probes its own best bounds for a higher k-th while more than TOPK_PROBE x k
-        reach it, and those of the stage the query stops at are decided exactly."""
-        P = self.store.size
-        n, k = P - (exclude is not None), min(k, P - (exclude is not None))
-        if k <= 0:
-            return empty(record(None, "bound", 0, 0))
-        m = min(n, TOPK_PROBE * k)
+        """As the full scan's, and the same answer, at the block's last stage (top-k does not
+        walk: measured on blog, 100 held-out prompts, an otherwise idle machine, the walk's
+        k-th probes at each stage (a partition of P bounds and 1,600 products) cost more than the
+        rows it saved: full query p50 / p95 71 / 145 ms walked, 77 / 119 ms at the last stage).
+        The exact similarities of the 2k best bounds give a k-th value that the answer's k-th can
+        only exceed; every string whose bound reaches it (less the margin, so ties at the k-th
+        are all seen) is decided exactly."""
         qp, qres = self.index.query_parts(b, q)
-        kth, probed = -np.inf, 0
-        walk = self._walk(b, qp, qres, exclude)
-        i, ub = next(walk)
-        while True:
-            count = P if i == 0 else int(np.count_nonzero(ub >= np.float32(kth - BOUND_MARGIN)))
-            j = self._next(b, i, count) if i > 0 else None
-            if i == 0 or count > (m if j is None else self.reprobe * m):
-                # a k-th from this stage's best bounds (numpy's partition: 1 ms at 859k, and 1,600
-                # rows' products 0.5 ms: at every stage they cost more than the stage itself)
-                first = np.flatnonzero(ub >= np.partition(ub, P - m)[P - m])
-                kth = max(kth, float(self.scan.exact(b, torch.from_numpy(first), q).topk(k).values[-1]))
-                probed += len(first)
-                count = int(np.count_nonzero(ub >= np.float32(kth - BOUND_MARGIN)))
-                j = self._next(b, i, count)
-            if j is None:
-                break
-            i, ub = walk.send(j)
-        cand = np.flatnonzero(ub >= np.float32(kth - BOUND_MARGIN))
-        rank, read = self.index.stages[b][i], self.index.block_bytes(b, i) + probed * self.scan.row_bytes()
-        if len(cand) * self.gather_cost > P:  # the bound cannot prune enough: scan (see GATHER_COST)
-            nb = self.scan.topk(b, q, k, exclude)
-            nb.stats = record(None, "bound->scan", nb.stats.candidates, read + nb.stats.bytes_read, rank)
-            return nb
-        stats = record(None, "bound", len(cand), read + len(cand) * self.scan.row_bytes(), rank)
-        cand = torch.from_numpy(cand)
-        return best_of(cand, self.scan.exact(b, cand, q), k, stats)
+        _, ub = next(self._walk(b, qp, qres, None, len(self.index.stages[b]) - 1))
+        return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound",
+                                self.index.block_bytes(b), self.gather_cost, self.index.ranks[b])
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,

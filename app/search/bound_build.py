@@ -116,8 +116,8 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
 
     Measured on blog (128 held-out prompts, bench numbers in bound.py's docstring): one rank per
     block had to serve both modes, and the rank top-200's tail needed (128 for block 3: 0.35 of a
-    scan on average) cost threshold mode three times what rank 32 did (0.11); walked, block 3
-    costs 0.115 (threshold) and 0.22 (top-200) on average.
+    scan on average) cost threshold mode three times what rank 32 did (0.11); walked, block 3's
+    threshold queries cost 0.115 on average.
     Residual norms here come from energies (|x|^2 - |x_p|^2): close enough to price, never used to
     prune."""
     P, C = unit.shape
@@ -162,10 +162,12 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
                          for c in range(n_cuts)], 1)
         fixed[r] = cost
     score, walks = {}, {}
+    walked = [threshold is not None and c == n_cuts - 1 for c in range(n_cuts)]  # top-k: the last stage
     for a in range(len(ranks)):
         for z in range(a, len(ranks)):
             st = list(ranks[a : z + 1])
             cost = np.stack([walk_cost(counts[a : z + 1, :, c], st, P, C, gather_cost, scan_cost)
+                             if walked[c] else fixed[ranks[z]][:, c]
                              for c in range(n_cuts)], 1)  # (queries, cuts)
             key = f"{st[0]}-{st[-1]}"
             score[key] = round(float((cost.mean(0) + np.quantile(cost, 0.98, axis=0) / 2).mean()), 4)
