@@ -1,0 +1,191 @@
+"""The store in shards (app/shards.py, app/shard_build.py, app/search/sharded.py) on one machine:
+each shard a complete store, the pool and counts put back together row for row, and every answer
+(threshold and top-k, single and batch, both exact backends) the unsharded store's, bit for bit."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from app.approx import QuerySettings
+from app.search import make_search, unit
+from app.shards import open_sharded, shard_ranges
+from app.store import StoreError, open_store
+from app.workspace import open_engine
+
+from .conftest import REPO
+
+SHARDS = (1, 2, 4)
+
+
+@pytest.fixture(scope="module")
+def sharded(sharded_workspaces):
+    return {n: open_engine(ws, progress=False) for n, ws in sharded_workspaces.items()}
+
+
+def queries(engine, count: int = 6, seed: int = 0) -> torch.Tensor:
+    """(L, count, C) unit queries: prompts' outputs, two stored vectors (each its own nearest,
+    with ties where strings share a vector) and random directions."""
+    _, ffn = engine.forward(engine.encode("the king and "))
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, engine.store.size, 2)
+    stored = torch.from_numpy(np.stack([engine.store.ffn(b, rows) for b in range(engine.store.n_layer)]))
+    rand = torch.from_numpy(rng.standard_normal((engine.store.n_layer, count - 3,
+                                                 engine.store.unit.shape[2])).astype(np.float32))
+    return unit(torch.cat([ffn[:, None], stored, rand], 1))
+
+
+def test_each_shard_is_a_complete_store_and_the_whole_is_the_unsharded_pool(sharded, engine, workspace):
+    ref = engine.store
+    for n, eng in sharded.items():
+        st = eng.store
+        assert len(st.shards) == n and st.size == ref.size
+        for shard, (a, b) in zip(st.shards, shard_ranges(ref.size, n)):
+            alone = open_store(shard.path, workspace.spec)  # an ordinary store, checked as any
+            assert alone.manifest["shard"]["start"] == a and alone.manifest["shard"]["stop"] == b
+            assert alone.manifest["shard"]["store"]["model_sha256"] == workspace.spec.model_sha256
+            assert "bound" in alone.manifest and alone.size == b - a
+            assert np.array_equal(np.asarray(alone.unit), np.asarray(ref.unit[:, a:b]))
+            assert np.array_equal(alone.counts.totals(), ref.follow_totals[a:b])
+        assert np.array_equal(st.pool.starts, ref.pool.starts)
+        assert np.array_equal(st.pool.at, ref.pool.at)
+        for name in ("indptr", "chars", "counts"):
+            assert np.array_equal(getattr(st.counts, name), getattr(ref.counts, name))
+        rows = np.array([0, 1, st.size // 2, st.size - 1])
+        assert np.array_equal(st.unit[:, rows], ref.unit[:, rows])
+        assert np.array_equal(st.unit[3, 7], ref.unit[3, 7]) and np.array_equal(st.ffn(2, rows), ref.ffn(2, rows))
+        assert st.manifest["unit_fingerprint"] == ref.manifest["unit_fingerprint"]  # same permalinks
+        assert st.defaults["thresholds"] == ref.defaults["thresholds"]  # calibrated on the whole
+        assert st.find(st.pool.strings(st.corpus_ids, rows[2:3])[0]) == rows[2]
+        assert np.array_equal(st.occurrences(5), ref.occurrences(5))
+
+
+@pytest.mark.parametrize("backend", ["bound", "exact"])
+def test_single_queries_answer_as_the_unsharded_store(sharded, engine, backend):
+    ref = make_search(engine.store, backend)
+    Q = queries(engine)
+    for n, eng in sharded.items():
+        search = make_search(eng.store, backend)
+        assert search.name == backend and type(search).__name__ == "ShardedSearch"
+        for b in (0, 3, 5):
+            for i in range(Q.shape[1]):
+                ex = [None, int(engine.store.size // 3 + i)][i % 2]
+                for thr in (engine.store.defaults["thresholds"][b], 0.5, -0.2):
+                    x, y = search.threshold(b, Q[b, i], thr, ex), ref.threshold(b, Q[b, i], thr, ex)
+                    assert np.array_equal(x.rows, y.rows) and np.array_equal(x.sims, y.sims), (n, b, i, thr)
+                for k in (1, 9, engine.store.size):
+                    x, y = search.topk(b, Q[b, i], k, ex), ref.topk(b, Q[b, i], k, ex)
+                    assert np.array_equal(x.rows, y.rows) and np.array_equal(x.sims, y.sims), (n, b, i, k)
+
+
+def sorted_triples(qi, rows, sims):
+    o = np.lexsort((rows, qi))
+    return qi[o], rows[o], None if sims is None else sims[o]
+
+
+@pytest.mark.parametrize("backend", ["bound", "exact"])
+def test_batches_answer_as_the_unsharded_store(sharded, engine, backend):
+    ref = make_search(engine.store, backend)
+    Q = queries(engine, count=12, seed=1)
+    ex = torch.tensor([-1, 5, engine.store.size - 1] + [-1] * 9)
+    for n, eng in sharded.items():
+        search = make_search(eng.store, backend)
+        for b in (0, 3, 5):
+            thr = engine.store.defaults["thresholds"][b] - 0.01
+            for sims in (True, False):
+                x = search.batch_threshold(b, Q[b], thr, ex, sims=sims)
+                y = ref.batch_threshold(b, Q[b], thr, ex, sims=sims)
+                for u, v in zip(sorted_triples(*x), sorted_triples(*y)):
+                    assert (u is None and v is None) or np.array_equal(u, v), (n, b, sims)
+            for k in (1, 7, 300):
+                x, y = search.batch_topk(b, Q[b], k, ex), ref.batch_topk(b, Q[b], k, ex)
+                if backend == "exact":  # the scan's batch (torch.topk) lists equal values in any
+                    y = canonical(*y)   # order; the merge lists them by row, as the bound does
+                for u, v in zip(x, y):
+                    assert np.array_equal(u, v), (n, b, k)
+
+
+def canonical(qi, rows, sims):
+    """A batch's top-k laid out query by query, by decreasing similarity, ties by row."""
+    o = np.lexsort((rows, -sims, qi))
+    return qi[o], rows[o], sims[o]
+
+
+def test_the_engine_counts_follow_ons_by_pool_row(sharded, engine):
+    for eng in sharded.values():
+        for prompt, s in (("the king ", QuerySettings()), ("my lord", QuerySettings(mode="topk", k=40)),
+                          ("peace", QuerySettings(thresholds=[0.3] * 6, exclude_self=True))):
+            a, b = eng.query(prompt, s), engine.query(prompt, s)
+            assert np.array_equal(a.approx, b.approx) and a.hellinger == b.hellinger
+            for x, y in zip(a.blocks, b.blocks):
+                assert np.array_equal(x.counts, y.counts) and x.self_row == y.self_row
+
+
+def test_a_shard_that_is_not_the_manifests_is_refused(sharded_workspaces, workspace, tmp_path):
+    import shutil
+
+    src = sharded_workspaces[2].store_dir
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "shard-001" / "manifest.json").read_text())
+    m["shard"]["start"] += 1
+    (dst / "shard-001" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="is not shard 1 of this store"):
+        open_sharded(dst, workspace.spec)
+    (dst / "manifest.json").unlink()
+    with pytest.raises(StoreError, match="only partly built.*--shards N"):
+        open_sharded(dst, workspace.spec)
+    with pytest.raises(StoreError, match="splits into 1 to"):
+        shard_ranges(10, 11)
+
+
+def test_a_build_killed_mid_shard_resumes_to_the_same_shards(workspace, engine, micro_model_dir,
+                                                             micro_corpus, tmp_path):
+    """kill -9 while shard 1's vectors are being written (shard 0's done, unsealed), then again
+    once resumed; the finished build's shards equal an uninterrupted build's, bit for bit."""
+    from app.shard_build import build_sharded
+
+    env = {**os.environ, "FFNLENS_HOME": str(tmp_path), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    cmd = [sys.executable, "-m", "app.cli", "index", "--model", str(micro_model_dir), "--corpus",
+           str(micro_corpus), "--shards", "2", "--batch-size", "16", "--quiet"]
+    top = tmp_path / "stores" / f"{workspace.spec.dirname()}-shards2"
+    prog = top / "shard-001.partial" / "progress.json"
+    seen = []
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline, done = time.time() + 120, 0
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                done = json.loads(prog.read_text())["done"]
+            except (OSError, ValueError):
+                done = 0
+            if done > max(seen, default=0):
+                break
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL, proc.communicate()
+        seen.append(done)
+        half = engine.store.size // 2  # shard 0's rows; shard 1 has the rest
+        assert 0 < done < engine.store.size - half  # mid-shard: some of shard 1's rows written
+        assert json.loads((top / "shard-000.partial" / "progress.json").read_text())["done"] == half
+        assert not (top / "manifest.json").exists() and not (top / "shard-001" / "manifest.json").exists()
+        with pytest.raises(StoreError, match="only partly built"):
+            open_sharded(top, workspace.spec)
+    assert seen[1] > seen[0]  # the second run resumed where the first stopped, then went on
+    finished = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    resumed = open_sharded(top, workspace.spec, workspace.ids)
+    fresh = replace(workspace, store_dir=tmp_path / "fresh", shards=2)
+    build_sharded(fresh, 2, batch_size=16, progress=False)
+    whole = open_sharded(fresh.store_dir, workspace.spec, workspace.ids)
+    for a, b in zip(resumed.shards, whole.shards):
+        for name in ("ffn_unit.npy", "ffn_norm.npy", "counts_n.npy", "pool_at.npy", "bound_proj.npy"):
+            assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name
+    assert resumed.manifest["defaults"] == whole.manifest["defaults"]
