@@ -189,3 +189,35 @@ def test_a_build_killed_mid_shard_resumes_to_the_same_shards(workspace, engine, 
         for name in ("ffn_unit.npy", "ffn_norm.npy", "counts_n.npy", "pool_at.npy", "bound_proj.npy"):
             assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name
     assert resumed.manifest["defaults"] == whole.manifest["defaults"]
+
+
+def test_the_command_line_builds_and_queries_shards_and_refuses_bad_flags(micro_model_dir, micro_corpus,
+                                                                         home, engine, tmp_path):
+    from .test_cli import ffnlens
+
+    m = ("--model", micro_model_dir, "--corpus", micro_corpus)
+    for args, message in [
+        (("index", "--shards", "0"), "--shards takes the number of shards to split the store into, 1 or more, not 0"),
+        (("query", "the king", "--shards", "-2"), "1 or more, not -2"),
+        (("serve", "--ray", "auto"), "--ray builds and searches a sharded store: give --shards N too"),
+        (("query", "the king", "--shards", "3"), "no sharded store at"),
+        (("index", "--shards", str(engine.store.size + 1)),
+         f"splits into 1 to {engine.store.size:,} shards, not {engine.store.size + 1}"),
+    ]:
+        p = ffnlens(*args, *m, "--quiet", home=tmp_path, check=2)
+        assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    # Without Ray importable (as after `make start`), --ray is refused in one line, before any work.
+    code = ("import sys; sys.modules['ray'] = None; from app.cli import main; "
+            f"sys.exit(main(['eval', '--shards', '2', '--ray', 'auto', '--model', {str(micro_model_dir)!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "FFNLENS_HOME": str(tmp_path)}, timeout=300)
+    assert p.returncode == 2 and p.stderr.strip() == \
+        "ffnlens: error: --ray needs Ray, which is not installed here: pip install -e '.[ray]'"
+    built = ffnlens("index", *m, "--shards", "2", "--quiet", home=tmp_path, check=0)
+    half = engine.store.size // 2
+    assert f"in 2 shards of {half:,} to {engine.store.size - half:,} strings" in built.stdout
+    q = ("query", "the king ", *m, "--mode", "topk", "--k", "7", "--json")
+    a = json.loads(ffnlens(*q, "--shards", "2", home=tmp_path, check=0).stdout)
+    b = json.loads(ffnlens(*q, home=home, check=0).stdout)
+    assert a.pop("store")["path"].endswith("-shards2") and b.pop("store")
+    assert a == b
