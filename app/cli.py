@@ -260,7 +260,9 @@ def _store_args(p: argparse.ArgumentParser) -> None:
                    "meta.pkl beside it or nanoGPT's data/<dataset>/meta.pkl; imported on first use, "
                    "as NAME when given) (default: $FFNLENS_MODEL or tiny)")
     p.add_argument("--corpus", default=None, help="the corpus file (default: the model's own, "
-                   "when it is the built-in Shakespeare plays)")
+                   "when it is the built-in Shakespeare plays), or complete-works: every work in "
+                   "the shakespeare package, cleaned as the plays are (5.05 M characters; with "
+                   "the committed models, add --allow-other-corpus)")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="explore a corpus other than the one the model was trained on")
     p.add_argument("--n", type=int, default=10, help="pool string length (default 10)")
