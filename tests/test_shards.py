@@ -92,8 +92,8 @@ def sorted_triples(qi, rows, sims):
 @pytest.mark.parametrize("backend", ["bound", "exact"])
 def test_batches_answer_as_the_unsharded_store(sharded, engine, backend):
     ref = make_search(engine.store, backend)
-    Q = queries(engine, count=12, seed=1)
-    ex = torch.tensor([-1, 5, engine.store.size - 1] + [-1] * 9)
+    Q = queries(engine, count=8, seed=1)
+    ex = torch.tensor([-1, 5, engine.store.size - 1] + [-1] * 5)
     for n, eng in sharded.items():
         search = make_search(eng.store, backend)
         for b in (0, 3, 5):
@@ -147,55 +147,59 @@ def test_a_shard_that_is_not_the_manifests_is_refused(sharded_workspaces, worksp
 
 def test_a_build_killed_mid_shard_resumes_to_the_same_shards(workspace, engine, micro_model_dir,
                                                              micro_corpus, tmp_path):
-    """kill -9 while shard 1's vectors are being written (shard 0's done, unsealed), then again
-    once resumed; the finished build's shards equal an uninterrupted build's, bit for bit."""
-    from app.shard_build import build_sharded
+    """kill -9 while shard 1's vectors are being written (shard 0's written, unsealed); the build run
+    again finishes, and its shards hold the vectors, pool and counts of an uninterrupted build's,
+    bit for bit."""
+    from app.store import build_store
 
     env = {**os.environ, "FFNLENS_HOME": str(tmp_path), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     cmd = [sys.executable, "-m", "app.cli", "index", "--model", str(micro_model_dir), "--corpus",
            str(micro_corpus), "--shards", "2", "--batch-size", "16", "--quiet"]
     top = tmp_path / "stores" / f"{workspace.spec.dirname()}-shards2"
     prog = top / "shard-001.partial" / "progress.json"
-    seen = []
-    for _ in range(2):
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline, done = time.time() + 120, 0
-        while proc.poll() is None and time.time() < deadline:
-            try:
-                done = json.loads(prog.read_text())["done"]
-            except (OSError, ValueError):
-                done = 0
-            if done > max(seen, default=0):
-                break
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, done = time.time() + 120, 0
+    while proc.poll() is None and time.time() < deadline and not done:
+        try:  # flushed every 64 batches of 16 rows: the first flush lands mid-shard
+            done = json.loads(prog.read_text())["done"]
+        except (OSError, ValueError):
             time.sleep(0.001)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        assert proc.returncode == -signal.SIGKILL, proc.communicate()
-        seen.append(done)
-        half = engine.store.size // 2  # shard 0's rows; shard 1 has the rest
-        assert 0 < done < engine.store.size - half  # mid-shard: some of shard 1's rows written
-        assert json.loads((top / "shard-000.partial" / "progress.json").read_text())["done"] == half
-        assert not (top / "manifest.json").exists() and not (top / "shard-001" / "manifest.json").exists()
-        with pytest.raises(StoreError, match="only partly built"):
-            open_sharded(top, workspace.spec)
-    assert seen[1] > seen[0]  # the second run resumed where the first stopped, then went on
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, proc.communicate()
+    half = engine.store.size // 2  # shard 0's rows; shard 1 has the rest
+    assert 0 < done < engine.store.size - half  # mid-shard: some of shard 1's rows written
+    assert json.loads((top / "shard-000.partial" / "progress.json").read_text())["done"] == half
+    assert not (top / "manifest.json").exists()
+    with pytest.raises(StoreError, match="only partly built"):
+        open_sharded(top, workspace.spec)
     finished = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     resumed = open_sharded(top, workspace.spec, workspace.ids)
-    fresh = replace(workspace, store_dir=tmp_path / "fresh", shards=2)
-    build_sharded(fresh, 2, batch_size=16, progress=False)
-    whole = open_sharded(fresh.store_dir, workspace.spec, workspace.ids)
-    for a, b in zip(resumed.shards, whole.shards):
-        for name in ("ffn_unit.npy", "ffn_norm.npy", "counts_n.npy", "pool_at.npy", "bound_proj.npy"):
-            assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name
-    assert resumed.manifest["defaults"] == whole.manifest["defaults"]
+    for shard, rows in zip(resumed.shards, shard_ranges(engine.store.size, 2)):
+        fresh = build_store(workspace.model, workspace.ids, workspace.spec, tmp_path / f"fresh{rows[0]}",
+                            batch_size=16, progress=False, rows=rows)
+        for name in ("ffn_unit.npy", "ffn_norm.npy", "pool_starts.npy", "pool_at.npy", "counts_n.npy"):
+            assert (shard.path / name).read_bytes() == (fresh / name).read_bytes(), name
+    assert resumed.defaults == engine.store.defaults
 
 
 def test_the_command_line_builds_and_queries_shards_and_refuses_bad_flags(micro_model_dir, micro_corpus,
-                                                                         home, engine, tmp_path):
-    from .test_cli import ffnlens
+                                                                         home, engine, tmp_path,
+                                                                         monkeypatch, capsys):
+    from app.cli import main
 
-    m = ("--model", micro_model_dir, "--corpus", micro_corpus)
+    m = ["--model", str(micro_model_dir), "--corpus", str(micro_corpus), "--quiet"]
+
+    def run(*args, home=tmp_path):
+        monkeypatch.setenv("FFNLENS_HOME", str(home))
+        try:
+            code = main([*args, *m])
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     for args, message in [
         (("index", "--shards", "0"), "--shards takes the number of shards to split the store into, 1 or more, not 0"),
         (("query", "the king", "--shards", "-2"), "1 or more, not -2"),
@@ -204,20 +208,17 @@ def test_the_command_line_builds_and_queries_shards_and_refuses_bad_flags(micro_
         (("index", "--shards", str(engine.store.size + 1)),
          f"splits into 1 to {engine.store.size:,} shards, not {engine.store.size + 1}"),
     ]:
-        p = ffnlens(*args, *m, "--quiet", home=tmp_path, check=2)
-        assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    # Without Ray importable (as after `make start`), --ray is refused in one line, before any work.
-    code = ("import sys; sys.modules['ray'] = None; from app.cli import main; "
-            f"sys.exit(main(['eval', '--shards', '2', '--ray', 'auto', '--model', {str(micro_model_dir)!r}]))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                       env={**os.environ, "FFNLENS_HOME": str(tmp_path)}, timeout=300)
-    assert p.returncode == 2 and p.stderr.strip() == \
+        code, _, err = run(*args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    with monkeypatch.context() as without:  # as after `make start`: no Ray to import
+        without.setitem(sys.modules, "ray", None)
+        code, _, err = run("eval", "--shards", "2", "--ray", "auto")
+    assert code == 2 and err.strip() == \
         "ffnlens: error: --ray needs Ray, which is not installed here: pip install -e '.[ray]'"
-    built = ffnlens("index", *m, "--shards", "2", "--quiet", home=tmp_path, check=0)
+    code, out, _ = run("index", "--shards", "2")
     half = engine.store.size // 2
-    assert f"in 2 shards of {half:,} to {engine.store.size - half:,} strings" in built.stdout
-    q = ("query", "the king ", *m, "--mode", "topk", "--k", "7", "--json")
-    a = json.loads(ffnlens(*q, "--shards", "2", home=tmp_path, check=0).stdout)
-    b = json.loads(ffnlens(*q, home=home, check=0).stdout)
+    assert code == 0 and f"in 2 shards of {half:,} to {engine.store.size - half:,} strings" in out
+    q = ("query", "the king ", "--mode", "topk", "--k", "7", "--json")
+    a, b = json.loads(run(*q, "--shards", "2")[1]), json.loads(run(*q, home=home)[1])
     assert a.pop("store")["path"].endswith("-shards2") and b.pop("store")
     assert a == b
