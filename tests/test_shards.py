@@ -222,3 +222,24 @@ def test_the_command_line_builds_and_queries_shards_and_refuses_bad_flags(micro_
     a, b = json.loads(run(*q, "--shards", "2")[1]), json.loads(run(*q, home=home)[1])
     assert a.pop("store")["path"].endswith("-shards2") and b.pop("store")
     assert a == b
+
+
+def test_the_explorer_serves_a_sharded_store_as_the_unsharded_one(sharded, engine, client, workspace):
+    from fastapi.testclient import TestClient
+
+    from app.web import create_app
+    from app.workspace import about
+
+    eng = sharded[4]
+    mine = TestClient(create_app(eng, about(workspace, eng)))
+    assert mine.get("/api/info").json()["backends"] == ["bound", "exact"]
+    for path in ("/api/query?prompt=the+king+&mode=topk&k=12", "/api/query?prompt=my+lord&backend=exact",
+                 f"/api/strings/{engine.store.size - 3}?prompt=the+king", "/api/strip?prompt=the+king+and"):
+        a, b = mine.get(path), client.get(path)
+        assert a.status_code == b.status_code == 200, path
+        a, b = a.json(), b.json()
+        for d in (a, b):  # the store's name and the time taken differ; nothing else may
+            d.pop("store", None), d.pop("timing", None)
+        assert a == b, path
+    for path in ("/?prompt=the+king", "/blocks/5?prompt=the+king", "/interventions?prompt=the+king"):
+        assert mine.get(path).status_code == 200, path
