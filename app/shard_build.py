@@ -64,10 +64,16 @@ def sealed_shard(ws: Workspace, d: Path, info: dict) -> Store | None:
     return None
 
 
+def partial_manifest(ws: Workspace) -> dict:
+    """What an unsealed store's readers need of a manifest (the engine reads the activation)."""
+    return {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode,
+            "activation": ws.spec.activation, "context": ws.spec.context}
+
+
 def partial_arrays(ws: Workspace, part: Path) -> Store:
     """A Store over a shard's finished, unsealed vectors."""
     prog = json.loads((part / PROGRESS).read_text())
-    st = load_arrays(part, {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode}, ws.ids)
+    st = load_arrays(part, partial_manifest(ws), ws.ids)
     if prog["done"] != st.size:
         raise StoreError(f"{part} is incomplete ({prog['done']} of {st.size} rows)")
     return st
@@ -75,8 +81,7 @@ def partial_arrays(ws: Workspace, part: Path) -> Store:
 
 def calibrated(ws: Workspace, top: Path, stores: list[Store], prompts: int, progress: bool) -> dict:
     """The whole store's defaults, calibrated on the shards' vectors searched exactly."""
-    whole = assemble(top, {"n": ws.spec.n, "mode": ws.spec.mode, "vocab": ws.tok.chars}, stores,
-                     ws.ids)
+    whole = assemble(top, partial_manifest(ws), stores, ws.ids)
     search = ShardedSearch(whole, [ExactSearch(s, ws.device) for s in stores])
     engine = Engine(ws.model, ws.tok, whole, search, ws.device)
     return calibrate_thresholds(engine, n_prompts=prompts, progress=progress)

@@ -18,11 +18,11 @@ from ..shards import ShardedStore
 from ..store import IndexFiles, Store, StoreError
 from . import bound, ivf
 from .sharded import ShardedSearch
-from .base import Neighbours, SearchBackend, SearchStats, unit
+from .base import Neighbours, SearchBackend, SearchStats, every_block, unit
 from .exact import ExactSearch
 
 __all__ = ["BACKENDS", "ExactSearch", "Neighbours", "SearchBackend", "SearchStats",
-           "available_backends", "index_files", "make_search", "unit"]
+           "available_backends", "every_block", "index_files", "make_search", "unit"]
 
 BACKENDS = ("auto", "bound", "exact", "ivf")
 INDEXED = {"bound": bound, "ivf": ivf}  # the backends that keep index files beside the vectors

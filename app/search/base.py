@@ -181,6 +181,17 @@ class SearchBackend(Protocol):
                    stats: SearchStats | None = None) -> tuple[np.ndarray, ...]: ...
 
 
+def every_block(search: SearchBackend, method: str, q: torch.Tensor, values, exclude: int | None
+                ) -> list[Neighbours]:
+    """One query's answer in every block: ``method`` ("threshold" or "topk") of block b with
+    ``values[b]`` (its threshold, or k) for the unit queries q (L, C). A backend that asks another
+    machine answers all blocks in one exchange (``RaySearch.every_block``: one round trip per
+    shard instead of one per block and shard); the others block by block."""
+    if hasattr(search, "every_block"):
+        return search.every_block(method, q, values, exclude)
+    return [getattr(search, method)(b, q[b], values[b], exclude) for b in range(len(values))]
+
+
 # --- shared helpers ------------------------------------------------------------------------------
 def as_tensor(arr: np.ndarray) -> torch.Tensor:
     """A tensor over an array without a copy (read-only memory maps included: never written to)."""

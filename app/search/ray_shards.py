@@ -33,7 +33,7 @@ from model.errors import FfnlensError
 
 from ..store import StoreSpec, open_store
 from .base import Neighbours, SearchStats
-from .sharded import ShardedSearch, ShardUnavailable
+from .sharded import ShardedSearch, ShardUnavailable, split_exclude
 
 CALL_TIMEOUT = 120.0  # seconds a shard may take to answer before the query gives up (a 503)
 
@@ -73,6 +73,11 @@ class ShardHolder:
         if backend not in self.backends:
             self.backends[backend] = make_search(self.store, backend)
         return self.backends[backend]
+
+    def blocks(self, backend: str, method: str, query: np.ndarray, values: list, exclude) -> list:
+        """One query's single answers in every block (query (L, C), ``values[b]`` block b's
+        threshold or k): one exchange with the driver instead of one per block."""
+        return [self.call(backend, method, b, query[b], v, exclude) for b, v in enumerate(values)]
 
     def call(self, backend: str, method: str, b: int, query: np.ndarray, arg, exclude,
              sims: bool = True) -> tuple:
@@ -155,19 +160,36 @@ class RaySearch(ShardedSearch):
         q = ray.put(q) if q.ndim == 2 else q  # a batch: sent once to the object store
         exs = [None if ex is None else (ex.numpy() if isinstance(ex, torch.Tensor) else ex)
                for ex in excludes]
-        refs = [a.call.remote(self.backend, method, b, q, arg, ex, **kw)
-                for a, ex in zip(self.shards.actors, exs)]
-        try:
-            outs = ray.get(refs, timeout=CALL_TIMEOUT)
-        except (RayActorError, ActorUnavailableError, GetTimeoutError) as e:
-            raise ShardUnavailable() from e
+        outs = gather([a.call.remote(self.backend, method, b, q, arg, ex, **kw)
+                       for a, ex in zip(self.shards.actors, exs)])
         if method in ("threshold", "topk"):
-            return [Neighbours(rows, sims, ordered=True, stats=SearchStats(*st))
-                    for rows, sims, st in outs]
+            return [answer(*out) for out in outs]
         for i, (_, st) in enumerate(outs):
             if stats is not None:
                 stats[i].fill(*st)
         return [out for out, _ in outs]
+
+
+    def every_block(self, method: str, q: torch.Tensor, values, exclude: int | None) -> list[Neighbours]:
+        """One query in every block, one exchange per shard (see ``base.every_block``)."""
+        Q = q.detach().to("cpu", torch.float32).numpy()
+        outs = gather([a.blocks.remote(self.backend, method, Q, list(values), ex) for a, ex in
+                       zip(self.shards.actors, split_exclude(self.bounds, exclude))])
+        return [self.merged(method, [answer(*shard[b]) for shard in outs], v)
+                for b, v in enumerate(values)]
+
+
+def gather(refs: list) -> list:
+    """Every shard's reply, or ShardUnavailable when one did not answer (never a partial answer)."""
+    try:
+        return ray.get(refs, timeout=CALL_TIMEOUT)
+    except (RayActorError, ActorUnavailableError, GetTimeoutError) as e:
+        raise ShardUnavailable() from e
+
+
+def answer(rows: np.ndarray, sims: np.ndarray, stats: tuple) -> Neighbours:
+    """A shard's single answer as it came back: rows by decreasing similarity, all computed."""
+    return Neighbours(rows, sims, ordered=True, stats=SearchStats(*stats))
 
 
 def attach(store, address: str = "auto") -> RayShards:

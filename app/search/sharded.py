@@ -107,12 +107,17 @@ class ShardedSearch:
                 for p, ex, st in zip(self.parts, excludes, stats or [None] * len(self.parts))]
 
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
-        parts = self.each("threshold", b, q, thr, split_exclude(self.bounds, exclude))
-        return joined(parts, self.bounds[:-1], merged_stats([nb.stats for nb in parts]))
+        return self.merged("threshold", self.each("threshold", b, q, thr,
+                                                  split_exclude(self.bounds, exclude)), thr)
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
-        parts = self.each("topk", b, q, k, split_exclude(self.bounds, exclude))
-        return merged_topk(parts, self.bounds[:-1], k)
+        return self.merged("topk", self.each("topk", b, q, k, split_exclude(self.bounds, exclude)), k)
+
+    def merged(self, method: str, parts: list[Neighbours], value) -> Neighbours:
+        """The shards' answers to one single query in one block, as the whole store's."""
+        if method == "threshold":
+            return joined(parts, self.bounds[:-1], merged_stats([nb.stats for nb in parts]))
+        return merged_topk(parts, self.bounds[:-1], value)
 
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
                         exclude: torch.Tensor | None = None, sims: bool = True,
