@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--ray", default="auto")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--home", default="var/bench-shards")
+    ap.add_argument("--queries-only", action="store_true",
+                    help="reuse the stores an earlier run built under --home; time the queries only")
     a = ap.parse_args()
     from app.ray_build import RayBuild
     from app.shard_build import build_sharded
@@ -88,17 +90,19 @@ def main() -> None:
         Path(corpus).write_text(text)
     settings = Settings(home=home, device="cpu")
     ws = open_workspace(settings, model=a.model, corpus=corpus, allow_other_corpus=True)
-    shutil.rmtree(ws.store_dir, ignore_errors=True)
-    t = time.perf_counter()
-    build_index(ws, ivf_kind=None)
-    one = time.perf_counter() - t
     ws8 = replace(ws, store_dir=home / "stores" / f"{ws.spec.dirname()}-shards{a.shards}", shards=a.shards)
-    shutil.rmtree(ws8.store_dir, ignore_errors=True)
-    cluster = RayBuild(a.ray)
-    t = time.perf_counter()
-    build_sharded(ws8, a.shards, cluster=cluster)
-    sharded = time.perf_counter() - t
-    cluster.shutdown()
+    one = sharded = float("nan")
+    if not a.queries_only:
+        shutil.rmtree(ws.store_dir, ignore_errors=True)
+        t = time.perf_counter()
+        build_index(ws, ivf_kind=None)
+        one = time.perf_counter() - t
+        shutil.rmtree(ws8.store_dir, ignore_errors=True)
+        cluster = RayBuild(a.ray)
+        t = time.perf_counter()
+        build_sharded(ws8, a.shards, cluster=cluster)
+        sharded = time.perf_counter() - t
+        cluster.shutdown()
     single = open_engine(ws)
     on_ray = open_engine(ws8, ray=a.ray)
     P = single.store.size
