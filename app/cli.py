@@ -130,6 +130,10 @@ def cmd_index(args, settings: Settings) -> int:
         if (ws.store_dir / "manifest.json").exists() and not args.force:
             print(f"store already built: {ws.store_dir}; --force rebuilds it")
             return 0
+        if args.force:  # every shard again (a build resumes and keeps the shards it sealed)
+            import shutil
+
+            shutil.rmtree(ws.store_dir, ignore_errors=True)
         _build_sharded(args, ws)
         d = json.loads((ws.store_dir / "manifest.json").read_text())["defaults"]
         print(f"calibrated thresholds ({d['rule']}): " + ", ".join(f"{t:.4f}" for t in d["thresholds"]))

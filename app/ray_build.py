@@ -12,7 +12,8 @@
 Plain actors rather than Ray Data: a shard is a row range written to its own memory map, which an
 actor does in place, where ``map_batches`` would stream the vectors back through the object store
 only to write them out again. One actor per CPU it is given (``cpus_per_actor``, default 1), at most
-one per shard; on a GPU cluster each actor takes a GPU (``gpus_per_actor``) and builds there. The
+one per shard; on a cluster with GPUs each actor takes one (``gpus_per_actor``, default: 1 when the
+cluster has any) and builds there (not run here: this project's test machines have no GPU). The
 shards' folders must be reachable at the same path from every node (a shared filesystem).
 
 Ray is imported only here, and this module only when ``ffnlens index --ray`` is given.
@@ -69,8 +70,8 @@ BuilderActor = ray.remote(max_restarts=0, max_task_retries=0)(ShardBuilder)
 class RayBuild:
     """The actors a build runs on, started on first use at ``address`` ("auto" or a cluster's)."""
 
-    def __init__(self, address: str = "auto", cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
-                 num_cpus: int | None = None):
+    def __init__(self, address: str = "auto", cpus_per_actor: float = 1.0,
+                 gpus_per_actor: float | None = None, num_cpus: int | None = None):
         self.address, self.cpus, self.gpus, self.num_cpus = address, cpus_per_actor, gpus_per_actor, num_cpus
         self.actors: list = []
 
@@ -78,6 +79,8 @@ class RayBuild:
         if not self.actors:
             connect(self.address, self.num_cpus)
             res = ray.cluster_resources()
+            if self.gpus is None:  # a GPU per actor when the cluster has them (not timed here: no GPU)
+                self.gpus = 1.0 if res.get("GPU", 0) >= 1 else 0.0
             slots = res.get("GPU", 0) / self.gpus if self.gpus else res.get("CPU", 1) / self.cpus
             count = max(1, min(shards, int(slots)))
             model, ids = ray.put(copy.deepcopy(ws.model).cpu()), ray.put(ws.ids)
