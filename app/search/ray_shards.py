@@ -58,6 +58,8 @@ class ShardHolder:
     ``incarnation`` changes with every (re)start, so a caller can tell a restarted shard."""
 
     def __init__(self, path: str, spec: dict, threads: int = 1):
+        # The shard's identity and sizes are checked as any store's; its hashes are not read again
+        # (the driver checked them when it opened the store), so a restart takes seconds.
         torch.set_num_threads(max(1, threads))
         self.store = open_store(Path(path), StoreSpec(**spec), verify_hashes=False)
         self.backends: dict = {}
