@@ -141,3 +141,57 @@ def test_shards_built_by_ray_actors_are_the_local_builds(local_ray, sharded_work
     for a, b in zip(got.shards, ref.shards):
         for name in ("ffn_unit.npy", "ffn_norm.npy", "pool_starts.npy", "pool_at.npy", "counts_n.npy"):
             assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name
+
+
+def test_a_ray_build_whose_actors_die_mid_shard_resumes_to_the_same_shards(local_ray, workspace, engine,
+                                                                          tmp_path):
+    """The builder actors killed while they write their shards: the build fails, no store opens;
+    run again, it resumes each shard where its last flush left it, and the shards hold the
+    single-process build's vectors, pool and counts, byte for byte."""
+    import json
+    import threading
+
+    from app.ray_build import RayBuild
+    from app.shard_build import build_sharded
+    from app.shards import open_sharded, shard_ranges
+    from app.store import StoreError, build_store
+
+    ws = replace(workspace, store_dir=tmp_path / "killed", shards=2)
+    cluster, failed = RayBuild("auto"), []
+
+    def build():
+        try:
+            build_sharded(ws, 2, batch_size=4, progress=False, cluster=cluster)
+        except Exception as e:  # what the killed actors' calls raise
+            failed.append(e)
+
+    def done(i):
+        try:
+            return json.loads((ws.store_dir / f"shard-00{i}.partial" / "progress.json").read_text())["done"]
+        except (OSError, ValueError):
+            return 0
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (done(0) or done(1)):
+        time.sleep(0.001)
+    for actor in cluster.actors:
+        ray.kill(actor)
+    thread.join(120)
+    at_kill = [done(0), done(1)]  # flushed every 4 batches of 4 rows
+    sizes = [b - a for a, b in shard_ranges(engine.store.size, 2)]
+    assert failed and any(0 < d < n for d, n in zip(at_kill, sizes)), (failed, at_kill)
+    with pytest.raises(StoreError, match="only partly built"):
+        open_sharded(ws.store_dir, ws.spec)
+    again = RayBuild("auto")
+    try:
+        build_sharded(ws, 2, batch_size=4, progress=False, cluster=again)
+    finally:
+        again.shutdown()
+    got = open_sharded(ws.store_dir, ws.spec, ws.ids)
+    for shard, rows in zip(got.shards, shard_ranges(engine.store.size, 2)):
+        fresh = build_store(ws.model, ws.ids, ws.spec, tmp_path / f"fresh{rows[0]}", batch_size=4,
+                            progress=False, rows=rows)
+        for name in ("ffn_unit.npy", "ffn_norm.npy", "pool_starts.npy", "pool_at.npy", "counts_n.npy"):
+            assert (shard.path / name).read_bytes() == (fresh / name).read_bytes(), name
