@@ -56,6 +56,12 @@ $(VENV)/.ffnlens-setup: pyproject.toml
 	@$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
+# The tests also cover the sharded store on a local Ray cluster: the ray extra, for them only.
+$(VENV)/.ffnlens-ray: $(VENV)/.ffnlens-setup
+	@echo "setup: installing the ray extra for the tests"
+	@$(BIN)/python -m pip install -q -e '.[test,ray]'
+	@touch $@
+
 # The browser test drives Debian's chromium through Playwright (no browser download).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -67,7 +73,7 @@ browser:
 start: setup
 	$(BIN)/ffnlens serve --model $(MODEL) $(CORPUS_ARG) --host $(HOST) --port $(PORT)
 
-test: setup browser
+test: setup $(VENV)/.ffnlens-ray browser
 	$(BIN)/python -m pytest -q
 
 clean-store:

@@ -20,7 +20,7 @@ from .defaults import (REFERENCE_DEPTH, default_weights, fallback_thresholds,
                        reference_thresholds_for)
 from .metrics import hellinger, topk_agreement
 
-from .search import Neighbours, SearchBackend, unit
+from .search import Neighbours, SearchBackend, every_block, unit
 from .store import Store
 
 
@@ -169,11 +169,9 @@ class Engine:
         self_row = self.store.find(ids[-self.store.pool.n :])
         exclude = self_row if s.exclude_self else None
         blocks = []
-        for b in range(self.store.n_layer):
-            if s.mode == "threshold":
-                nb = self.search.threshold(b, q[b], s.thresholds[b], exclude)
-            else:
-                nb = self.search.topk(b, q[b], s.k, exclude)
+        values = s.thresholds if s.mode == "threshold" else [s.k] * self.store.n_layer
+        for b, nb in enumerate(every_block(self.search, "threshold" if s.mode == "threshold"
+                                           else "topk", q, values, exclude)):
             counts = self.store.counts.sum_rows(nb.members)
             blocks.append(BlockResult(b, nb, counts, s.weights[b], self_row=self_row))
         t2 = time.perf_counter()

@@ -71,9 +71,53 @@ def cmd_import_nanogpt(args, settings: Settings) -> int:
 def _workspace(args, settings: Settings):
     from .workspace import open_workspace
 
+    _check_shards(args)
     return open_workspace(settings, model=args.model, corpus=args.corpus, n=args.n, mode=args.pool,
                           store=args.store, device=args.device, activation=args.activation,
-                          context=args.context, allow_other_corpus=args.allow_other_corpus)
+                          context=args.context, allow_other_corpus=args.allow_other_corpus,
+                          shards=args.shards or 0)
+
+
+def _check_shards(args) -> None:
+    """``--shards`` and ``--ray`` as given make sense, before any work (else one line, exit 2)."""
+    if args.shards is not None and args.shards < 1:
+        raise UsageError(f"--shards takes the number of shards to split the store into, 1 or "
+                         f"more, not {args.shards}")
+    if getattr(args, "ray", None) is None:
+        return
+    if not args.shards:
+        raise UsageError("--ray builds and searches a sharded store: give --shards N too")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UsageError("--ray needs Ray, which is not installed here: pip install -e '.[ray]'") \
+            from None
+
+
+def _open_engine(args, ws, backend: str = "auto", build: bool = False):
+    """The engine over the workspace's store; a sharded one is built first when ``build`` and
+    missing, and searched on Ray with ``--ray``."""
+    from .workspace import open_engine
+
+    if ws.shards and build and not (ws.store_dir / "manifest.json").exists():
+        _build_sharded(args, ws)
+    return open_engine(ws, backend=backend, progress=not args.quiet,
+                       build=build and not ws.shards, ray=getattr(args, "ray", None))
+
+
+def _build_sharded(args, ws) -> None:
+    from .shard_build import build_sharded, describe
+
+    cluster = None
+    if getattr(args, "ray", None):
+        from .ray_build import RayBuild
+
+        cluster = RayBuild(args.ray)
+    path = build_sharded(ws, ws.shards, batch_size=getattr(args, "batch_size", 2048),
+                         progress=not args.quiet, cluster=cluster)
+    if cluster is not None:
+        cluster.shutdown()
+    print(describe(path))
 
 
 def cmd_index(args, settings: Settings) -> int:
@@ -82,6 +126,18 @@ def cmd_index(args, settings: Settings) -> int:
 
     ws = _workspace(args, settings)
     ivf = None if args.ivf == "none" else args.ivf
+    if ws.shards:
+        if (ws.store_dir / "manifest.json").exists() and not args.force:
+            print(f"store already built: {ws.store_dir}; --force rebuilds it")
+            return 0
+        if args.force:  # every shard again (a build resumes and keeps the shards it sealed)
+            import shutil
+
+            shutil.rmtree(ws.store_dir, ignore_errors=True)
+        _build_sharded(args, ws)
+        d = json.loads((ws.store_dir / "manifest.json").read_text())["defaults"]
+        print(f"calibrated thresholds ({d['rule']}): " + ", ".join(f"{t:.4f}" for t in d["thresholds"]))
+        return 0
     if (ws.store_dir / "manifest.json").exists() and not args.force:
         try:
             for name in add_missing_indexes(ws, ivf, progress=not args.quiet):
@@ -120,13 +176,10 @@ def _settings_from_args(args):
 
 
 def _engine(args, settings: Settings):
-    from .workspace import open_engine
-
     ws = _workspace(args, settings)
     if args.exact and args.backend not in ("auto", "exact"):
         raise UsageError(f"--exact asks for the full scan, --backend {args.backend} for another: give one")
-    return ws, open_engine(ws, backend="exact" if args.exact else args.backend, build=args.build,
-                       progress=not args.quiet)
+    return ws, _open_engine(args, ws, backend="exact" if args.exact else args.backend, build=args.build)
 
 
 def cmd_query(args, settings: Settings) -> int:
@@ -183,7 +236,7 @@ def cmd_serve(args, settings: Settings) -> int:
 
     t0 = time.time()
     ws = _workspace(args, settings)
-    engine = open_engine(ws, build=True, progress=not args.quiet)
+    engine = _open_engine(args, ws, build=True)
     others = {}
     for spec in args.also or []:
         name, _, corpus = spec.partition("=")
@@ -211,7 +264,9 @@ def _store_args(p: argparse.ArgumentParser) -> None:
                    "meta.pkl beside it or nanoGPT's data/<dataset>/meta.pkl; imported on first use, "
                    "as NAME when given) (default: $FFNLENS_MODEL or tiny)")
     p.add_argument("--corpus", default=None, help="the corpus file (default: the model's own, "
-                   "when it is the built-in Shakespeare plays)")
+                   "when it is the built-in Shakespeare plays), or complete-works: every work in "
+                   "the shakespeare package, cleaned as the plays are (5.05 M characters; with "
+                   "the committed models, add --allow-other-corpus)")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="explore a corpus other than the one the model was trained on")
     p.add_argument("--n", type=int, default=10, help="pool string length (default 10)")
@@ -226,7 +281,17 @@ def _store_args(p: argparse.ArgumentParser) -> None:
                         "windows of up to T characters (n <= T <= the model's context), so long "
                         "prompts meet neighbours read the same way; 0 (default): each pool string alone")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="the store split into N shards of consecutive pool rows, each a store of "
+                        "its own (built by `index --shards N`; answers as the unsharded store's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _ray_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                   help=f"{what} on a Ray cluster (auto: the running one, or a local one started "
+                        "here; ADDRESS: a cluster's, e.g. ray://head:10001); needs --shards N and "
+                        "the ray extra (pip install -e '.[ray]')")
 
 
 def _query_args(p: argparse.ArgumentParser) -> None:
@@ -308,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the faiss index to build beside the store: IVF with 8-bit scalar-quantised "
                         "lists (default), IVF with float32 lists (4x the disk), or none")
     i.add_argument("--force", action="store_true", help="rebuild even if a valid store exists")
+    _ray_arg(i, "build the shards with a pool of model-holding actors")
     i.set_defaults(func=cmd_index)
 
     q = sub.add_parser("query", help="approximate the next-character distribution of a prompt")
@@ -315,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(q)
     _query_args(q)
     q.add_argument("--show", type=int, default=10, help="neighbours listed per block")
+    _ray_arg(q, "search the shards, each held by an actor,")
     q.set_defaults(func=cmd_query)
 
     s = sub.add_parser("serve", help="serve the web explorer (builds the store first if missing)")
@@ -324,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--also", action="append", metavar="MODEL[=CORPUS]",
                    help="serve another model beside the first, under /m/NAME/ (repeatable; "
                         "CORPUS when it is not the default text), e.g. --also blog-cpu=tinyshakespeare.txt")
+    _ray_arg(s, "search the shards, each held by an actor,")
     s.set_defaults(func=cmd_serve, build=True)
 
     e = sub.add_parser("eval", help="METHOD.md's reference evaluation on prompts from the pool")
@@ -345,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --report on a 6-block model in reference mode: leave out the section "
                         "that sets METHOD.md's published figures beside ours (interventions, traces, "
                         "seed models, threshold sweeps: a few minutes on a CPU)")
+    _ray_arg(e, "search the shards, each held by an actor,")
     e.set_defaults(func=cmd_eval)
     return p
 

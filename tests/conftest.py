@@ -99,3 +99,19 @@ def client(workspace, engine):
     from app.workspace import about
 
     return TestClient(create_app(engine, about(workspace, engine)))
+
+
+@pytest.fixture(scope="session")
+def sharded_workspaces(workspace, engine, tmp_path_factory):
+    """The micro store built again in 1, 2 and 4 shards (app/shard_build.py), by shard count."""
+    from dataclasses import replace
+
+    from app.shard_build import build_sharded
+
+    root = tmp_path_factory.mktemp("sharded")
+    out = {}
+    for n in (1, 2, 4):
+        ws = replace(workspace, store_dir=root / f"shards{n}", shards=n)
+        build_sharded(ws, n, progress=False)
+        out[n] = ws
+    return out

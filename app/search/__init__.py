@@ -6,19 +6,23 @@
     exact.py   "exact": the full scan, whose float32 products every backend returns
     bound.py   "bound": exact answers from a pruned scan (a low-rank bound); its files, build, seal
     ivf.py     "ivf": approximate candidates from a faiss inverted-file index, float32 decides
+    sharded.py a sharded store's search: one backend per shard, the answers merged exactly
+    ray_shards.py  the same with each shard held by a Ray actor (imported only when asked for)
 
 ``make_search`` opens a backend by name; each backend module owns its index files (their names,
 ``index_files``; their build, seal and open-time checks), so the store knows only the vectors.
 """
 from __future__ import annotations
 
-from ..store import IndexFiles, Store
+from ..shards import ShardedStore
+from ..store import IndexFiles, Store, StoreError
 from . import bound, ivf
-from .base import Neighbours, SearchBackend, SearchStats, unit
+from .sharded import ShardedSearch
+from .base import Neighbours, SearchBackend, SearchStats, every_block, unit
 from .exact import ExactSearch
 
 __all__ = ["BACKENDS", "ExactSearch", "Neighbours", "SearchBackend", "SearchStats",
-           "available_backends", "index_files", "make_search", "unit"]
+           "available_backends", "every_block", "index_files", "make_search", "unit"]
 
 BACKENDS = ("auto", "bound", "exact", "ivf")
 INDEXED = {"bound": bound, "ivf": ivf}  # the backends that keep index files beside the vectors
@@ -27,7 +31,15 @@ INDEXED = {"bound": bound, "ivf": ivf}  # the backends that keep index files bes
 def make_search(store: Store, backend: str = "auto", device: str = "cpu") -> SearchBackend:
     """"bound" (exact answers from a pruned scan), "exact" (full scan), "ivf" (approximate: a faiss
     inverted-file index proposes, float32 decides), or "auto": bound when the store has its index,
-    else exact."""
+    else exact. A sharded store (app/shards.py) gets one backend per shard, merged
+    (``ShardedSearch``), or its Ray cluster's when it was opened on one (``store.remote``)."""
+    if isinstance(store, ShardedStore):
+        if backend == "ivf":
+            raise StoreError(f"the sharded store at {store.path} has no ivf index (its shards "
+                             "are searched exactly: bound or exact)")
+        if store.remote is not None:
+            return store.remote.search(backend)
+        return ShardedSearch(store, [make_search(s, backend, device) for s in store.shards])
     if backend == "exact" or (backend == "auto" and "bound" not in store.manifest):
         return ExactSearch(store, device)
     if backend == "ivf":

@@ -133,6 +133,32 @@ class Neighbours:
         return r[o], s[o]
 
 
+def joined(parts: list[Neighbours], offsets, stats: SearchStats | None = None) -> Neighbours:
+    """One answer from answers over disjoint row ranges (a sharded store's): part i's rows offset
+    by ``offsets[i]``, its similarities as they are; those a part left to compute (the bound's
+    proven rows) stay lazy, each computed by its own part when needed, so joining costs no
+    similarity the unsharded answer would not compute."""
+    offsets = [int(o) for o in offsets]
+    rows = np.concatenate([nb._rows + o for nb, o in zip(parts, offsets)]).astype(np.int64)
+    sims = np.concatenate([nb._sims for nb in parts]).astype(np.float32)
+    if all(nb._fill is None for nb in parts):
+        return Neighbours(rows, sims, stats=stats)
+    lo = np.concatenate([nb._sims if nb._fill is None else nb._lo for nb in parts])
+    hi = np.concatenate([nb._sims if nb._fill is None else nb._hi for nb in parts])
+    owner = np.repeat(np.arange(len(parts)), [len(nb) for nb in parts])
+    order = np.argsort(rows, kind="stable")  # rows -> their part, for the fill below
+
+    def fill(asked: np.ndarray) -> np.ndarray:
+        which = owner[order[np.searchsorted(rows[order], asked)]]
+        out = np.empty(len(asked), np.float32)
+        for i in np.unique(which):
+            at = np.flatnonzero(which == i)
+            out[at] = parts[i]._fill(asked[at] - offsets[i])
+        return out
+
+    return Neighbours(rows, sims, lo=lo, hi=hi, fill=fill, stats=stats)
+
+
 class SearchBackend(Protocol):
     """The interface every backend offers (``make_search`` opens one by name).
 
@@ -155,6 +181,17 @@ class SearchBackend(Protocol):
 
     def batch_topk(self, b: int, Q: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
                    stats: SearchStats | None = None) -> tuple[np.ndarray, ...]: ...
+
+
+def every_block(search: SearchBackend, method: str, q: torch.Tensor, values, exclude: int | None
+                ) -> list[Neighbours]:
+    """One query's answer in every block: ``method`` ("threshold" or "topk") of block b with
+    ``values[b]`` (its threshold, or k) for the unit queries q (L, C). A backend that asks another
+    machine answers all blocks in one exchange (``RaySearch.every_block``: one round trip per
+    shard instead of one per block and shard); the others block by block."""
+    if hasattr(search, "every_block"):
+        return search.every_block(method, q, values, exclude)
+    return [getattr(search, method)(b, q[b], values[b], exclude) for b in range(len(values))]
 
 
 # --- shared helpers ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..search.sharded import ShardUnavailable
 from .gate import Busy
 from .params import RANGES, SORTS
 from .safety import wants_json
@@ -79,8 +80,9 @@ async def http_error(request: Request, exc: StarletteHTTPException):
     return error_response(request, str(exc.detail), exc.status_code, exc.headers)
 
 
-async def busy(request: Request, exc: Busy):
-    """The gate was full where no route expected it (the routes answer 503 themselves)."""
+async def busy(request: Request, exc: Busy | ShardUnavailable):
+    """The gate was full, or a shard of a store searched on Ray did not answer, where no route
+    expected it (the routes answer 503 themselves): a 503 with the message and Retry-After."""
     return error_response(request, exc.message, 503, {"Retry-After": str(exc.retry_after)})
 
 
@@ -89,6 +91,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, bad_parameter)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Busy, busy)
+    app.add_exception_handler(ShardUnavailable, busy)
 
 
 def server_timing(response, ctx: dict, **more: float):

@@ -12,6 +12,7 @@ from fastapi import Request
 from ..approx import Engine, QueryError, QueryResult
 from ..interventions import intervention_dict, sublayer_effects
 from ..present import block_dict, context, query_dict
+from ..search.sharded import ShardUnavailable
 from . import place
 from .errors import Rejected
 from .explorer import DEFAULT_STORE, Explorer
@@ -25,10 +26,11 @@ def get_explorer(request: Request) -> Explorer:
     return request.app.state.explorer
 
 
-def refused(ctx: dict, e: QueryError | Rejected | Busy) -> int:
+def refused(ctx: dict, e: QueryError | Rejected | Busy | ShardUnavailable) -> int:
     """Put a refusal's message (and a busy server's wait) into ``ctx``; returns its status: 400
-    for a prompt or setting to fix, the route's own for a Rejected, 503 when the gate is full."""
-    if isinstance(e, Busy):
+    for a prompt or setting to fix, the route's own for a Rejected, 503 when the gate is full or a
+    shard of a store searched on Ray is restarting (no answer rather than a partial one)."""
+    if isinstance(e, (Busy, ShardUnavailable)):
         ctx["error"], ctx["retry_after"] = e.message, e.retry_after
         return 503
     if isinstance(e, Rejected):
@@ -79,7 +81,7 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
 
             ctx.update(run(vp, eng) if run else ex.run(vp, present or main_page))
         return ctx, 200
-    except (QueryError, Rejected, Busy) as e:
+    except (QueryError, Rejected, Busy, ShardUnavailable) as e:
         return ctx, refused(ctx, e)
     finally:  # a refusal before the settings were read shows the default store's
         if ctx["defaults"] is None:
@@ -182,7 +184,7 @@ def story_context(ex: Explorer, row: int, q: QueryParams, reports: Path | None =
         if not 0 <= row < eng.store.size:
             raise Rejected(f"row {row} does not exist: the pool has rows 0 to {eng.store.size - 1}", 404)
         d = ex.story(vp, row)
-    except (QueryError, Rejected, Busy) as e:
+    except (QueryError, Rejected, Busy, ShardUnavailable) as e:
         return ctx, refused(ctx, e)
     idx = place.text_index(ex)
     qs = vp.query_string()
@@ -261,7 +263,7 @@ def tune_context(ex: Explorer, q: TuneParams) -> tuple[dict, int]:
             with ex.gate:  # the prompt's own searches, once per prompt
                 pt = tuner.prompt_table(vp.prompt, table.levels)
             answer = _prompt_answer(pt, idx, weights, s.blend, ex.engine.tok.chars)
-    except (QueryError, Busy) as e:
+    except (QueryError, Busy, ShardUnavailable) as e:
         return ctx, refused(ctx, e)
     thresholds = table.thresholds(idx)
     items = {"prompt": vp.prompt, "thresholds": ",".join(f"{t:g}" for t in thresholds),
