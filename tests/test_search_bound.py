@@ -89,8 +89,10 @@ def check_all(store, k_rank, queries, thresholds, ks):
     full = ExactSearch(store)
     walked = bound_for(store, [max(1, k_rank // 4), max(1, k_rank // 2), k_rank], walk="all")
     assert len(walked.index.stages[0]) > 1
+    middle = bound_for(store, [max(1, k_rank // 4), max(1, k_rank // 2), k_rank])
+    middle.index.topk_stage = [len(st) // 2 for st in middle.index.stages]  # top-k at a middle stage
     Q = torch.from_numpy(unit_rows(np.stack(queries).astype(np.float32)))
-    for bound in (bound_for(store, k_rank), walked):
+    for bound in (bound_for(store, k_rank), walked, middle):
         for b in range(store.n_layer):
             check_batches(full, bound, b, Q, thresholds, ks)
             for q in queries:
@@ -290,6 +292,7 @@ def test_choose_stages_prices_the_walks_by_what_they_leave():
                                  queries=32)
     assert stages[-1] == 4
     assert set(info["cost_vs_scan"]) == {4, 16, 48} and info["walk"]["stages"] == stages
+    assert 0 <= info["topk_stage"] < len(stages)
     mean, p98 = info["cost_vs_scan"][4]
     assert 0 < mean <= p98 < 1
     spread = unit_rows(rng.normal(size=(P, 24)) @ rng.normal(size=(24, C)) + 0.1 * rng.normal(size=(P, C)))
@@ -332,7 +335,7 @@ def test_stages_are_priced_on_prompts_from_outside_the_pool(engine, workspace):
     assert info["queries"] == 24 and set(info["score"]) == {"2-2", "2-8", "2-16", "8-8", "8-16", "16-16"}
     assert set(stages) <= {2, 8, 16}
     m = engine.store.manifest["bound"]
-    assert m["priced_on"] == "128 held-out prompts" and len(m["stages"]) == L
+    assert m["priced_on"] == "128 held-out prompts" and len(m["stages"]) == len(m["topk_stages"]) == L
 
 
 def test_ranks_differ_by_block_and_answers_stay_exact():

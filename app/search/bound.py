@@ -19,7 +19,7 @@ the calibrated threshold leave about as few candidates at rank 48 as at rank 128
 tail of 770,000 candidates at p95). So each block's table holds a few stages of increasing rank
 (``BoundIndex``), each stage one more product over rows not read before, and a query stops at the
 first stage whose candidates cost less to decide than the next stage would (``BoundSearch``;
-top-k queries, whose k-th value must be found first, read the last stage). The stages are chosen per block, by measurement (``choose_stages`` in :mod:`app.search.bound_build`,
+top-k queries, whose k-th value must be found first, read one stage, chosen per block). The stages are chosen per block, by measurement (``choose_stages`` in :mod:`app.search.bound_build`,
 which also fits the directions and writes the files).
 
 Rounding margin: everything is float32 on the stored float16 vectors (exactly representable in
@@ -101,10 +101,13 @@ class BoundIndex:
     the new directions and the new residual term added), so walking the stages reads each row
     once, and a query stops at the first stage whose bound leaves few enough candidates."""
 
-    def __init__(self, basis: np.ndarray, stages, table: np.ndarray):
+    def __init__(self, basis: np.ndarray, stages, table: np.ndarray, topk_stages=None):
         self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (L, C, max rank)
         self.stages = [[int(r) for r in st] for st in stages]  # per block, increasing ranks
         self.ranks = [st[-1] for st in self.stages]
+        # the stage top-k queries read (default: the last)
+        self.topk_stage = ([len(st) - 1 for st in self.stages] if topk_stages is None
+                           else [int(i) for i in topk_stages])
         self.offsets = np.concatenate([[0], np.cumsum([r + len(st) for r, st in
                                                        zip(self.ranks, self.stages)])]).tolist()
         self.table = table  # (sum of r_b + stages_b, P) float32, memory-mapped
@@ -229,7 +232,7 @@ class BoundSearch:
     (``walk``: "priced"; tests also walk "all" the stages or stop at the "first"). Most stop early
     (a threshold's neighbours are easy to separate at a low rank), while the few whose candidates
     stay many read on, so the rank is chosen per query by the tightness it measures. Top-k
-    queries and batches read the last stage (see ``topk`` and ``BoundIndex.batch_parts``)."""
+    queries read one stage, and batches the last (see ``topk`` and ``BoundIndex.batch_parts``)."""
 
     name = "bound"
 
@@ -317,17 +320,18 @@ class BoundSearch:
                           fill=lambda r: self.scan.exact(b, torch.from_numpy(r), q).numpy())
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
-        """As the full scan's, and the same answer, at the block's last stage (top-k does not
-        walk: measured on blog, 100 held-out prompts, an otherwise idle machine, the walk's
+        """As the full scan's, and the same answer, at one stage, its block's ``topk_stage`` (chosen
+        by ``choose_stages``; top-k does not walk: measured on blog, 100 held-out prompts, an otherwise idle machine, the walk's
         k-th probes at each stage (a partition of P bounds and 1,600 products) cost more than the
         rows it saved: full query p50 / p95 71 / 145 ms walked, 77 / 119 ms at the last stage).
         The exact similarities of the 2k best bounds give a k-th value that the answer's k-th can
         only exceed; every string whose bound reaches it (less the margin, so ties at the k-th
         are all seen) is decided exactly."""
         qp, qres = self.index.query_parts(b, q)
-        _, ub = next(self._walk(b, qp, qres, None, len(self.index.stages[b]) - 1))
+        i = self.index.topk_stage[b]
+        _, ub = next(self._walk(b, qp, qres, None, i))
         return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound",
-                                self.index.block_bytes(b), self.gather_cost, self.index.ranks[b])
+                                self.index.block_bytes(b, i), self.gather_cost, self.index.stages[b][i])
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
@@ -452,13 +456,15 @@ def open_bound(store: Store, device: str = "cpu") -> BoundSearch | DeviceBoundSe
     basis = CHECK.load(store.path / "bound_basis.npy", np.load)
     table = CHECK.load(store.path / "bound_proj.npy", lambda p: np.load(p, mmap_mode="r"))
     ranks = [st[-1] for st in stages if st]
-    CHECK.fits(len(stages) == store.n_layer == len(ranks)
+    topk = info.get("topk_stages") or [len(st) - 1 for st in stages]
+    CHECK.fits(len(stages) == store.n_layer == len(ranks) == len(topk)
                and all(list(st) == sorted(set(st)) for st in stages)
+               and all(0 <= i < len(st) for i, st in zip(topk, stages))
                and basis.shape[:2] == (store.n_layer, store.unit.shape[2])
                and basis.shape[2] >= max(ranks, default=0)
                and table.shape == (sum(r + len(st) for r, st in zip(ranks, stages)), store.size),
                f"at {store.path}")
-    index = BoundIndex(basis, stages, table)
+    index = BoundIndex(basis, stages, table, topk)
     if device == "cpu":
         return BoundSearch(store, index, device)
     return DeviceBoundSearch(store, index, device)

@@ -162,22 +162,30 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
                          for c in range(n_cuts)], 1)
         fixed[r] = cost
     score, walks = {}, {}
-    walked = [threshold is not None and c == n_cuts - 1 for c in range(n_cuts)]  # top-k: the last stage
+    walked = [threshold is not None and c == n_cuts - 1 for c in range(n_cuts)]
+    kcuts = [c for c in range(n_cuts) if not walked[c]]
+
+    def fixed_score(r):  # top-k's cost at rank r alone, over the k-th cuts
+        return float((fixed[r][:, kcuts].mean(0) + np.quantile(fixed[r][:, kcuts], 0.98, axis=0) / 2).mean())
+
     for a in range(len(ranks)):
         for z in range(a, len(ranks)):
             st = list(ranks[a : z + 1])
+            tk = min(range(len(st)), key=lambda i: fixed_score(st[i]))  # top-k's stage
             cost = np.stack([walk_cost(counts[a : z + 1, :, c], st, P, C, gather_cost, scan_cost)
-                             if walked[c] else fixed[ranks[z]][:, c]
+                             if walked[c] else fixed[st[tk]][:, c]
                              for c in range(n_cuts)], 1)  # (queries, cuts)
             key = f"{st[0]}-{st[-1]}"
             score[key] = round(float((cost.mean(0) + np.quantile(cost, 0.98, axis=0) / 2).mean()), 4)
-            walks[key] = (st, round(float(cost.mean()), 4), round(float(np.quantile(cost, 0.98)), 4))
+            walks[key] = (st, tk, round(float(cost.mean()), 4), round(float(np.quantile(cost, 0.98)), 4))
     key = min(score, key=lambda k: (score[k], walks[k][0][-1]))
-    stages = walks[key][0]
+    stages, tk = walks[key][0], walks[key][1]
     return stages, {
+        "topk_stage": tk,
         "cost_vs_scan": {r: (round(float(c.mean()), 4), round(float(np.quantile(c, 0.98)), 4))
                          for r, c in fixed.items()},
-        "walk": {"stages": stages, "mean": walks[key][1], "p98": walks[key][2], "score": score[key]},
+        "walk": {"stages": stages, "topk_rank": stages[tk], "mean": walks[key][2], "p98": walks[key][3],
+                 "score": score[key]},
         "score": score, "queries": B, "ks": list(ks), "threshold": threshold}
 
 
@@ -211,13 +219,14 @@ def add_bound(path, thresholds=None, progress: bool = True, prompts: np.ndarray 
     L, P, C = unit.shape
     top = min(max(rank_choices(C)), C, P)
     basis = np.zeros((L, C, top), dtype=np.float32)
-    stages, costs, walks, scores = [], [], [], []
+    stages, topk, costs, walks, scores = [], [], [], [], []
     for b in tqdm(range(L), desc="bound index: stages", disable=not progress, dynamic_ncols=True):
         basis[b] = fit_basis(unit[b], top)
         thr = None if thresholds is None else thresholds[b]
         st, info = choose_stages(unit[b], basis[b], threshold=thr,
                                      prompts=None if prompts is None else prompts[b])
         stages.append([int(r) for r in st])
+        topk.append(int(info.get("topk_stage", len(st) - 1)))
         costs.append(info.get("cost_vs_scan", {}))
         walks.append(info.get("walk", {}))
         scores.append(info.get("score", {}))
@@ -227,14 +236,14 @@ def add_bound(path, thresholds=None, progress: bool = True, prompts: np.ndarray 
         basis[b, :, r:] = 0  # block b uses its first r columns
     table = np.lib.format.open_memmap(path / "bound_proj.npy.tmp", "w+", np.float32,
                                       (sum(r + len(st) for r, st in zip(ranks, stages)), P))
-    index = BoundIndex(basis, stages, table)
+    index = BoundIndex(basis, stages, table, topk)
     for b in tqdm(range(L), desc="bound index: tables", disable=not progress, dynamic_ncols=True):
         project(unit[b], basis[b], stages[b], out=index.block(b))
     table.flush()
     del table, index
     np.save(path / "bound_basis.npy", basis)
     os.replace(path / "bound_proj.npy.tmp", path / "bound_proj.npy")
-    return {"layout": LAYOUT, "stages": stages, "ranks": ranks,
+    return {"layout": LAYOUT, "stages": stages, "topk_stages": topk, "ranks": ranks,
             "rank": max(ranks), "walk": walks,
             "cost_vs_scan": [{str(r): list(c) for r, c in cs.items()} for cs in costs],
             "score": scores,
