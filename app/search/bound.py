@@ -19,8 +19,9 @@ the calibrated threshold leave about as few candidates at rank 48 as at rank 128
 tail of 770,000 candidates at p95). So each block's table holds a few stages of increasing rank
 (``BoundIndex``), each stage one more product over rows not read before, and a query stops at the
 first stage whose candidates cost less to decide than the next stage would (``BoundSearch``;
-top-k queries, whose k-th value must be found first, read one stage, chosen per block). The stages are chosen per block, by measurement (``choose_stages`` in :mod:`app.search.bound_build`,
-which also fits the directions and writes the files).
+top-k queries, whose k-th value must be found first, read one stage). The stages, and top-k's,
+are chosen per block by measurement (``choose_stages`` in :mod:`app.search.bound_build`, which
+also fits the directions and writes the files).
 
 Rounding margin: everything is float32 on the stored float16 vectors (exactly representable in
 float32). The computed bound differs from the exact-arithmetic one by float32 rounding in x_p,
@@ -70,8 +71,8 @@ GATHER_COST = 4
 # memory bandwidth while the table streams at it. Measured here on 2 cores (each block's scan and
 # its table's pass, median of 15): tiny's blocks (823k x 128) 2.8-3.3 (the scan at
 # 11-12 GiB/s, the tables at 33-40), blog's (859k x 384) 1.5-2.3 (17-18 against 27-41 GiB/s).
-# ``choose_rank`` prices ranks in the table's bytes, so a scan is 2 C P x SCAN_COST; one constant
-# for every width, taken at the narrow end: wide blocks are priced somewhat towards higher ranks.
+# ``choose_stages`` prices stages in the table's bytes, so a scan is 2 C P x SCAN_COST; one
+# constant for every width, taken at the narrow end: wide blocks are priced towards higher ranks.
 SCAN_COST = 3.3
 # What a stage costs beyond its rows' bytes, in rows of P float32: adding its product into the
 # bounds and comparing them with the cut (two more passes over P values, and a write).
@@ -248,9 +249,9 @@ class BoundSearch:
         return torch.from_numpy(self.index.cpu_bounds(b, *self.index.query_parts(b, q)))
 
     def _next(self, b: int, i: int, n: int) -> int | None:
-        """Where a threshold query at stage i of block b that leaves n candidates to decide goes next: None
-        (it stops) at the last stage, or when deciding them costs no more than the next stage's
-        pass (both in bytes of the table's pass, priced as ``choose_stages`` prices them); straight
+        """Where a threshold query at stage i of block b that leaves n candidates to decide goes
+        next: None (it stops) at the last stage, or when deciding them costs no more than the next
+        stage's pass (both in bytes of the table's pass, priced as ``choose_stages`` prices them); straight
         to the last stage when they are so many that the planner would scan (the stages between
         would cost their overhead and rarely stop it: on blog's block 3 such queries leave 780,000
         candidates at rank 32 and 5,000-35,000 at rank 128); else the next stage."""
@@ -321,9 +322,10 @@ class BoundSearch:
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         """As the full scan's, and the same answer, at one stage, its block's ``topk_stage`` (chosen
-        by ``choose_stages``; top-k does not walk: measured on blog, 100 held-out prompts, an otherwise idle machine, the walk's
-        k-th probes at each stage (a partition of P bounds and 1,600 products) cost more than the
-        rows it saved: full query p50 / p95 71 / 145 ms walked, 77 / 119 ms at the last stage).
+        by ``choose_stages``). Top-k does not walk: measured on blog, 100 held-out prompts, the
+        machine otherwise idle, a walk's k-th probes at each stage (a partition of P bounds and
+        1,600 products) cost more than the rows it saved: full query p50 / p95 71 / 145 ms
+        walked, 77 / 119 ms at the last stage.
         The exact similarities of the 2k best bounds give a k-th value that the answer's k-th can
         only exceed; every string whose bound reaches it (less the margin, so ties at the k-th
         are all seen) is decided exactly."""
