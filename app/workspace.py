@@ -246,7 +246,7 @@ def open_engine(ws: Workspace, backend: str = "auto", build: bool = False,
     cluster ("auto" or an address) whose actors hold a sharded store's shards and search them."""
     if build and not ws.shards and not (ws.store_dir / "manifest.json").exists():
         build_index(ws, progress=progress)
-    elif build and not ws.shards:
+    elif build and not ws.shards and not is_sharded(ws.store_dir):
         for name in add_missing_indexes(ws, None, progress):
             print(f"ffnlens: built the {name} index of {ws.store_dir} (it was missing or of an older layout)",
                   flush=True)
