@@ -324,8 +324,8 @@ class BoundSearch:
         """As the full scan's, and the same answer, at one stage, its block's ``topk_stage`` (chosen
         by ``choose_stages``). Top-k does not walk: measured on blog, 100 held-out prompts, the
         machine otherwise idle, a walk's k-th probes at each stage (a partition of P bounds and
-        1,600 products) cost more than the rows it saved: full query p50 / p95 71 / 145 ms
-        walked, 77 / 119 ms at the last stage.
+        1,600 products) cost more than the rows it saved: the six blocks' searches summed,
+        p50 / p95 71 / 145 ms walked, 77 / 119 ms at the last stage.
         The exact similarities of the 2k best bounds give a k-th value that the answer's k-th can
         only exceed; every string whose bound reaches it (less the margin, so ties at the k-th
         are all seen) is decided exactly."""
