@@ -113,10 +113,12 @@ def _build_sharded(args, ws) -> None:
         from .ray_build import RayBuild
 
         cluster = RayBuild(args.ray)
-    path = build_sharded(ws, ws.shards, batch_size=getattr(args, "batch_size", 2048),
-                         progress=not args.quiet, cluster=cluster)
-    if cluster is not None:
-        cluster.shutdown()
+    try:
+        path = build_sharded(ws, ws.shards, batch_size=getattr(args, "batch_size", 2048),
+                             progress=not args.quiet, cluster=cluster)
+    finally:  # the builder actors go, also when the build fails (a rerun resumes it)
+        if cluster is not None:
+            cluster.shutdown()
     print(describe(path))
 
 

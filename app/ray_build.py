@@ -49,16 +49,11 @@ class ShardBuilder:
         return i, str(part)
 
     def seal(self, i: int, part: str, info: dict, defaults: dict, prompts) -> tuple[int, str]:
-        """Fit shard ``i``'s bound index and seal it; returns (i, its folder)."""
-        from .search import index_files
-        from .store import finalize
-        from .workspace import bound_index
+        """Fit shard ``i``'s bound index and seal it (``seal_shard``); returns (i, its folder)."""
+        from .shard_build import seal_shard
 
-        p = Path(part)
-        extra = {"defaults": defaults, "shard": info,
-                 "bound": bound_index(p, False, defaults.get("thresholds"), prompts)}
-        final = finalize(p, self.spec, self.model.cfg.to_dict(), self.vocab, extra,
-                         index_files(self.model.cfg.n_layer))
+        final = seal_shard(Path(part), self.spec, self.model.cfg.to_dict(), self.vocab, info,
+                           defaults, prompts, False)
         return i, str(final)
 
 

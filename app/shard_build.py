@@ -30,9 +30,8 @@ from .search import index_files
 from .search.sharded import ShardedSearch
 from .search.exact import ExactSearch
 from .shards import SHARDS, assemble, seal_top, shard_name, shard_ranges
-from .store import (MANIFEST, PROGRESS, Store, StoreError, build_store, finalize, load_arrays,
-                    open_store)
-from .workspace import Workspace, bound_index, pricing_prompts
+from .store import MANIFEST, PROGRESS, Store, StoreError, build_store, finalize, open_store
+from .workspace import Workspace, bound_index, open_partial, partial_manifest, pricing_prompts
 
 
 def pool_size(ws: Workspace) -> int:
@@ -64,16 +63,10 @@ def sealed_shard(ws: Workspace, d: Path, info: dict) -> Store | None:
     return None
 
 
-def partial_manifest(ws: Workspace) -> dict:
-    """What an unsealed store's readers need of a manifest (the engine reads the activation)."""
-    return {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode,
-            "activation": ws.spec.activation, "context": ws.spec.context}
-
-
 def partial_arrays(ws: Workspace, part: Path) -> Store:
     """A Store over a shard's finished, unsealed vectors."""
     prog = json.loads((part / PROGRESS).read_text())
-    st = load_arrays(part, partial_manifest(ws), ws.ids)
+    st = open_partial(part, ws)
     if prog["done"] != st.size:
         raise StoreError(f"{part} is incomplete ({prog['done']} of {st.size} rows)")
     return st
@@ -87,12 +80,13 @@ def calibrated(ws: Workspace, top: Path, stores: list[Store], prompts: int, prog
     return calibrate_thresholds(engine, n_prompts=prompts, progress=progress)
 
 
-def seal_shard(ws: Workspace, part: Path, info: dict, defaults: dict, prompts, progress: bool) -> Path:
-    """Fit the shard's bound index and seal it (step 3 for one shard)."""
+def seal_shard(part: Path, spec, model_cfg: dict, vocab: str, info: dict, defaults: dict, prompts,
+               progress: bool) -> Path:
+    """Fit the shard's bound index and seal it (step 3 for one shard; here, or on a Ray actor,
+    which holds the spec, the model's configuration and the vocabulary, not the workspace)."""
     extra = {"defaults": defaults, "shard": info,
              "bound": bound_index(part, progress, defaults.get("thresholds"), prompts)}
-    return finalize(part, ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, extra,
-                    index_files(ws.model.cfg.n_layer))
+    return finalize(part, spec, model_cfg, vocab, extra, index_files(model_cfg["n_layer"]))
 
 
 def build_sharded(ws: Workspace, shards: int, batch_size: int = 2048, progress: bool = True,
@@ -133,7 +127,8 @@ def build_sharded(ws: Workspace, shards: int, batch_size: int = 2048, progress: 
         cluster.seal(ws, [(i, parts[i], infos[i]) for i in todo], defaults, prompts)
     else:
         for i in todo:
-            seal_shard(ws, parts[i], infos[i], defaults, prompts, progress)
+            seal_shard(parts[i], ws.spec, ws.model.cfg.to_dict(), ws.tok.chars, infos[i], defaults,
+                       prompts, progress)
     final = [open_store(d, ws.spec, ws.ids) for d in dirs]
     vectors = sum(st.manifest["build_seconds"] for st in final)
     seal_top(top, ws.spec, final, {"defaults": defaults, "build_seconds": round(vectors, 1),

@@ -157,7 +157,7 @@ def build_index(ws: Workspace, batch_size: int = 2048, progress: bool = True,
     """Build the store (resuming a partial build), calibrate its thresholds, add the bound index
     and, when ``ivf_kind`` is "sq8" or "flat", the ivf index; move it into place."""
     part = build_store(ws.model, ws.ids, ws.spec, ws.store_dir, ws.device, batch_size, progress)
-    st = _open_partial(part, ws)
+    st = open_partial(part, ws)
     engine = Engine(ws.model, ws.tok, st, make_search(st, "exact", ws.device), ws.device)
     defaults = calibrate_thresholds(engine, n_prompts=calibration_prompts, progress=progress)
     extra = {"defaults": defaults,
@@ -229,12 +229,17 @@ def add_missing_indexes(ws: Workspace, ivf_kind: str | None, progress: bool = Tr
     return added
 
 
-def _open_partial(part: Path, ws: Workspace):
+def partial_manifest(ws: Workspace) -> dict:
+    """What an unsealed store's readers need of a manifest (the engine reads the activation)."""
+    return {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode,
+            "activation": ws.spec.activation, "context": ws.spec.context}
+
+
+def open_partial(part: Path, ws: Workspace):
     """A Store over a finished-but-unsealed build directory (for calibration before sealing)."""
     from .store import load_arrays
 
-    return load_arrays(part, {"vocab": ws.tok.chars, "n": ws.spec.n, "mode": ws.spec.mode,
-                              "activation": ws.spec.activation, "context": ws.spec.context}, ws.ids)
+    return load_arrays(part, partial_manifest(ws), ws.ids)
 
 
 def open_engine(ws: Workspace, backend: str = "auto", build: bool = False,

@@ -88,6 +88,34 @@ def index_files(n_layer: int) -> IndexFiles:
     return IndexFiles("bound", SMALL + BIG, hashed=SMALL)
 
 
+def proj_rows(stages, upto: int | None = None) -> np.ndarray:
+    """The rows of a block's table (see BoundIndex) that hold its projections on directions 0 to
+    r - 1, r = stages[upto] (default: the last): direction d of stage s sits at row d + s, after
+    the s residual rows of the stages before it. The one place the interleaved layout is written;
+    the residual row of stage s is ``stages[s] + s``."""
+    st = np.asarray(stages[: (len(stages) if upto is None else upto + 1)])
+    d = np.arange(st[-1])
+    return d + np.searchsorted(st, d, side="right")
+
+
+def next_stage(i: int, last: int, n: float, P: int, C: int, next_bytes: float,
+               gather_cost: float = GATHER_COST, scan_cost: float = SCAN_COST) -> int | None:
+    """Where a threshold query at stage i (of stages 0 to ``last``) that leaves n candidates to
+    decide goes next: None (it stops) at the last stage, or when deciding them costs no more than
+    the next stage's pass (``next_bytes``, plus STAGE_OVERHEAD), both in bytes of the table's pass;
+    straight to the last stage when they are so many that the planner would scan (the stages
+    between would cost their overhead and rarely stop it: on blog's block 3 such queries leave
+    780,000 candidates at rank 32 and 5,000-35,000 at rank 128); else the next stage. The search
+    walks by it (``BoundSearch._next``) and the build prices by it (``bound_build.walk_cost``)."""
+    if i == last:
+        return None
+    if n * gather_cost > P:
+        return last
+    if n * gather_cost * 2 * C * scan_cost <= next_bytes + STAGE_OVERHEAD * 4 * P:
+        return None
+    return i + 1
+
+
 class BoundIndex:
     """The bound's tables for every block, and the bounds they give on the CPU.
 
@@ -146,20 +174,19 @@ class BoundIndex:
         res = [np.linalg.norm(qn - U[:, :r] @ qp[:r]) for r in self.stages[b]]
         return qp.astype(np.float32), np.array(res, dtype=np.float32)
 
-    def stage_vec(self, qp: np.ndarray, qres: np.ndarray, b: int, i: int, j: int | None = None) -> np.ndarray:
+    def stage_vec(self, qp: np.ndarray, qres: np.ndarray, b: int, i: int,
+                  j: int | None = None) -> np.ndarray:
         """The query's side of the product over ``stage_span(b, i, j)``: it turns the rank-r_{i-1}
         bound into the rank-r_j one (the old residual term taken out, the new directions and the
         new residual term added; the residual rows between weighted 0); for i = 0, the rank-r_j
         bound itself."""
         st, j = self.stages[b], i if j is None else j
         start, end = self.stage_span(b, i, j)
+        first = 0 if i == 0 else st[i - 1]  # the first direction these rows add
         v = np.zeros(end - start, dtype=np.float32)
+        v[proj_rows(st, j)[first:] - start] = qp[first : st[j]]
         if i > 0:
             v[0] = -qres[i - 1]
-        prev = 0 if i == 0 else st[i - 1]
-        for s in range(i, j + 1):  # stage s's directions sit at rows r_{s-1} + s .. r_s + s - 1
-            v[prev + s - start : st[s] + s - start] = qp[prev : st[s]]
-            prev = st[s]
         v[-1] = qres[j]
         return v
 
@@ -180,15 +207,11 @@ class BoundIndex:
         so many candidates at rank 8 that blocks 0-2 went to the scan, 1.0-1.2 s each against
         50 ms at rank 16."""
         i = len(self.stages[b]) - 1 if i is None else i
-        st = self.stages[b][: i + 1]
         Q = Q.detach().to("cpu", torch.float32).contiguous()
-        U = torch.from_numpy(self.basis[b, :, : st[-1]])
+        U = torch.from_numpy(self.basis[b, :, : self.stages[b][i]])
         Qp = Q @ U
         Qv = torch.zeros(Q.shape[0], self.stage_span(b, i)[1])
-        prev = 0
-        for j, r in enumerate(st):
-            Qv[:, prev + j : r + j] = Qp[:, prev:r]
-            prev = r
+        Qv[:, torch.from_numpy(proj_rows(self.stages[b], i))] = Qp
         Qv[:, -1] = (Q - Qp @ U.T).norm(dim=1)
         return Q, Qv, self.block(b)[: self.stage_span(b, i)[1]]
 
@@ -250,22 +273,14 @@ class BoundSearch:
 
     def _next(self, b: int, i: int, n: int) -> int | None:
         """Where a threshold query at stage i of block b that leaves n candidates to decide goes
-        next: None (it stops) at the last stage, or when deciding them costs no more than the next
-        stage's pass (both in bytes of the table's pass, priced as ``choose_stages`` prices them); straight
-        to the last stage when they are so many that the planner would scan (the stages between
-        would cost their overhead and rarely stop it: on blog's block 3 such queries leave 780,000
-        candidates at rank 32 and 5,000-35,000 at rank 128); else the next stage."""
+        next (``next_stage``; walking "all" or stopping at the "first" in tests)."""
         last = len(self.index.stages[b]) - 1
-        if i == last or self.walk == "first":
+        if self.walk == "first":
             return None
         if self.walk == "all":
-            return i + 1
-        P, C = self.store.size, self.store.unit.shape[2]
-        if n * self.gather_cost > P:
-            return last
-        if n * self.gather_cost * 2 * C * SCAN_COST <= self.index.stage_bytes(b, i + 1) + STAGE_OVERHEAD * 4 * P:
-            return None
-        return i + 1
+            return None if i == last else i + 1
+        return next_stage(i, last, n, self.store.size, self.store.unit.shape[2],
+                          self.index.stage_bytes(b, i + 1) if i < last else 0, self.gather_cost)
 
     def _walk(self, b: int, qp: np.ndarray, qres: np.ndarray, exclude: int | None, start: int = 0):
         """The query's bounds stage by stage from stage ``start``: yields (stage, (P,) upper
@@ -290,13 +305,13 @@ class BoundSearch:
         the sets reach 100,000): their similarities are computed only when the answer is ordered
         or its first strings are shown (see Neighbours)."""
         qp, qres = self.index.query_parts(b, q)
-        resid = self.index.block(b)
+        T = self.index.block(b)
         walk = self._walk(b, qp, qres, exclude)
         i, ub = next(walk)
         while True:
             cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
             hi = ub[cand]
-            lo = hi - 2 * qres[i] * resid[self.index.resid_row(b, i), cand]
+            lo = hi - 2 * qres[i] * T[self.index.resid_row(b, i), cand]
             sure = lo > np.float32(thr + BOUND_MARGIN)
             test = cand[~sure]
             j = self._next(b, i, len(test))

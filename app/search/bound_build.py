@@ -24,7 +24,8 @@ import torch
 
 from ..store import seal_index
 from .base import as_tensor
-from .bound import GATHER_COST, LAYOUT, SCAN_COST, STAGE_OVERHEAD, BoundIndex, index_files
+from .bound import (GATHER_COST, LAYOUT, SCAN_COST, STAGE_OVERHEAD, BoundIndex, index_files,
+                    next_stage, proj_rows)
 
 RANKS = (8, 16, 24, 32, 48, 64, 96, 128)  # the ranks ``choose_stages`` prices (those below the width)
 
@@ -51,16 +52,14 @@ def project(unit: np.ndarray, basis: np.ndarray, stages, out: np.ndarray | None 
     from energies); written into ``out`` when given."""
     stages = [int(r) for r in stages]
     U = torch.from_numpy(np.ascontiguousarray(basis[:, : stages[-1]], dtype=np.float32))
-    P = len(unit)
+    P, rows = len(unit), proj_rows(stages)
     table = np.empty((stages[-1] + len(stages), P), dtype=np.float32) if out is None else out
     for s in range(0, P, chunk):
         X = _rows32(unit, s, s + chunk)
         xp = X @ U
-        prev = 0
+        table[rows, s : s + chunk] = xp.T.numpy()
         for i, r in enumerate(stages):
-            table[prev + i : r + i, s : s + chunk] = xp[:, prev:r].T.numpy()
             table[r + i, s : s + chunk] = (X - xp[:, :r] @ U[:, :r].T).norm(dim=1).numpy()
-            prev = r
     return table
 
 
@@ -74,24 +73,22 @@ def walk_cost(counts: np.ndarray, ranks, P: int, C: int, gather_cost: float = GA
               scan_cost: float = SCAN_COST) -> np.ndarray:
     """What walking the stages ``ranks`` costs each query, as fractions of a full scan, given
     ``counts`` (len(ranks), queries): the candidates each stage's bound leaves. Each query reads
-    stages (their rows, plus STAGE_OVERHEAD each) and goes on as ``BoundSearch._next`` sends it:
+    stages (their rows, plus STAGE_OVERHEAD each) and goes on as the search does (``next_stage``):
     it stops when deciding its candidates costs no more than the next stage, goes straight to the
     last stage when the planner would scan them, else to the next. All in bytes of the table's
     pass; a gathered row costs ``gather_cost`` streamed float16 rows, and the float16 scan
     ``scan_cost`` times its bytes (see ``choose_stages``)."""
     last = len(ranks) - 1
-    rows = np.array([ranks[0] + 1] + [r - p + 2 for p, r in zip(ranks, ranks[1:])], dtype=np.float64)
+    rows = np.array([ranks[0] + 1] + [r - p + 2 for p, r in zip(ranks, ranks[1:])] + [0],
+                    dtype=np.float64)  # each stage's rows (0 past the last)
     cost = np.empty(counts.shape[1])
     for q in range(counts.shape[1]):
         i, read = 0, 4 * P * (rows[0] + STAGE_OVERHEAD)
-        while True:
-            n = counts[i, q]
-            decide = min(n * gather_cost, P) * 2 * C * scan_cost
-            if i == last or decide <= 4 * P * (rows[i + 1] + STAGE_OVERHEAD):
-                break
-            j = last if n * gather_cost > P else i + 1
+        while (j := next_stage(i, last, counts[i, q], P, C, 4 * P * rows[i + 1], gather_cost,
+                               scan_cost)) is not None:
             read += 4 * P * (rows[i + 1 : j + 1].sum() + STAGE_OVERHEAD)
             i = j
+        decide = min(counts[i, q] * gather_cost, P) * 2 * C * scan_cost  # or the scan
         cost[q] = (read + decide) / (2 * C * P * scan_cost)
     return cost
 
@@ -165,13 +162,12 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
     walked = [threshold is not None and c == n_cuts - 1 for c in range(n_cuts)]
     kcuts = [c for c in range(n_cuts) if not walked[c]]
 
-    def fixed_score(r):  # top-k's cost at rank r alone, over the k-th cuts
-        return float((fixed[r][:, kcuts].mean(0) + np.quantile(fixed[r][:, kcuts], 0.98, axis=0) / 2).mean())
-
+    kscore = {r: float((c[:, kcuts].mean(0) + np.quantile(c[:, kcuts], 0.98, axis=0) / 2).mean())
+              for r, c in fixed.items()}  # top-k's cost at each rank alone, over the k-th cuts
     for a in range(len(ranks)):
         for z in range(a, len(ranks)):
             st = list(ranks[a : z + 1])
-            tk = min(range(len(st)), key=lambda i: fixed_score(st[i]))  # top-k's stage
+            tk = min(range(len(st)), key=lambda i: kscore[st[i]])  # top-k's stage
             cost = np.stack([walk_cost(counts[a : z + 1, :, c], st, P, C, gather_cost, scan_cost)
                              if walked[c] else fixed[st[tk]][:, c]
                              for c in range(n_cuts)], 1)  # (queries, cuts)
@@ -224,7 +220,7 @@ def add_bound(path, thresholds=None, progress: bool = True, prompts: np.ndarray 
         basis[b] = fit_basis(unit[b], top)
         thr = None if thresholds is None else thresholds[b]
         st, info = choose_stages(unit[b], basis[b], threshold=thr,
-                                     prompts=None if prompts is None else prompts[b])
+                                 prompts=None if prompts is None else prompts[b])
         stages.append([int(r) for r in st])
         topk.append(int(info.get("topk_stage", len(st) - 1)))
         costs.append(info.get("cost_vs_scan", {}))

@@ -26,6 +26,10 @@ def get_explorer(request: Request) -> Explorer:
     return request.app.state.explorer
 
 
+# What a view answers with a message instead of a result (``refused``).
+REFUSALS = (QueryError, Rejected, Busy, ShardUnavailable)
+
+
 def refused(ctx: dict, e: QueryError | Rejected | Busy | ShardUnavailable) -> int:
     """Put a refusal's message (and a busy server's wait) into ``ctx``; returns its status: 400
     for a prompt or setting to fix, the route's own for a Rejected, 503 when the gate is full or a
@@ -81,7 +85,7 @@ def query_context(ex: Explorer, q: QueryParams, need_prompt: bool, present=None,
 
             ctx.update(run(vp, eng) if run else ex.run(vp, present or main_page))
         return ctx, 200
-    except (QueryError, Rejected, Busy, ShardUnavailable) as e:
+    except REFUSALS as e:
         return ctx, refused(ctx, e)
     finally:  # a refusal before the settings were read shows the default store's
         if ctx["defaults"] is None:
@@ -184,7 +188,7 @@ def story_context(ex: Explorer, row: int, q: QueryParams, reports: Path | None =
         if not 0 <= row < eng.store.size:
             raise Rejected(f"row {row} does not exist: the pool has rows 0 to {eng.store.size - 1}", 404)
         d = ex.story(vp, row)
-    except (QueryError, Rejected, Busy, ShardUnavailable) as e:
+    except REFUSALS as e:
         return ctx, refused(ctx, e)
     idx = place.text_index(ex)
     qs = vp.query_string()
