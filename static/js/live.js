@@ -366,16 +366,13 @@
     }
     if (s !== seq || qs !== query().toString()) return;  // a newer request will decide
     var msg;
-    if (status === 503) {
+    if (status === 503) {  // the server's reason (a full gate, a shard restarting), then a retry
       var after = parseFloat(headers && headers.get("Retry-After")) || 1;
-      msg = "the server is busy; trying again in " + after + " s";
+      msg = serverMessage(text, "the server is busy") + " (retrying in " + after + " s)";
       clearTimeout(retryTimer);
       retryTimer = setTimeout(function () { if (s === seq) schedule(qs, commit); }, after * 1000);
     } else if (status >= 400 && status < 500) {
-      var t = document.createElement("template");
-      t.innerHTML = text;
-      var e = t.content.querySelector(".error");
-      msg = e ? e.textContent.trim() : "the server refused this query (" + status + ")";
+      msg = serverMessage(text, "the server refused this query (" + status + ")");
       learnFrom(msg);
     } else {
       msg = "the server could not answer (" + status + "); try again";
@@ -383,6 +380,14 @@
     var c = checkPrompt(box.value);
     drawBox(c && c.bad);
     showProblem(msg);
+  }
+
+  // The message of an answer's error paragraph (templates/_results.html), else ``fallback``.
+  function serverMessage(text, fallback) {
+    var t = document.createElement("template");
+    t.innerHTML = text || "";
+    var e = t.content.querySelector(".error");
+    return e ? e.textContent.trim() : fallback;
   }
 
   function writeHistory(url, qs, commitNow) {

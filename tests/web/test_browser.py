@@ -155,6 +155,37 @@ def test_a_newer_prompt_wins_over_a_slow_older_one(server, page):
     assert "prompt=the+king" in page.url
 
 
+def test_a_503_says_the_servers_reason_keeps_the_results_and_retries(server, page):
+    """A 503 (the gate full, or a shard of a store on Ray restarting) shows the server's own
+    message with the retry, keeps the last results dimmed, and the retry lands the answer."""
+    page.goto(server + "/")
+    page.locator("#prompt").type("the king", delay=30)
+    wait_shown(page, "the king")
+    refused = []
+
+    def restarting(route):  # the first request answers as a restarting shard's (app/web/views.py)
+        if refused:
+            return route.continue_()
+        refused.append(route.request.url)
+        route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="text/html",
+                      body='<p class="error" role="alert">a shard of the store is restarting; '
+                           'try again in a moment</p>')
+
+    page.route("**/results?*", restarting)
+    page.locator("#prompt").fill("the king o")  # one input event: one request, refused
+    deadline = time.time() + 5
+    while not refused and time.time() < deadline:
+        page.wait_for_timeout(20)
+    assert refused
+    problem = page.locator("#problem")
+    problem.wait_for(state="visible")
+    assert problem.inner_text() == ("a shard of the store is restarting; try again in a moment "
+                                    "(retrying in 1 s)")
+    assert shown(page) == "the king" and "stale" in page.locator("#results").get_attribute("class")
+    wait_shown(page, "the king o")  # the retry
+    assert not problem.is_visible()
+
+
 def test_typing_fast_sends_while_typing_not_after(server, page):
     """A throttle, not a debounce: answers arrive while the keys keep coming."""
     page.goto(server + "/")
