@@ -16,6 +16,7 @@ from model.errors import FfnlensError
 from model.gpt import GPT, Intervention
 from model.tokenizer import CharTokenizer, UnknownCharacters
 
+from .cores import one_core
 from .defaults import (REFERENCE_DEPTH, default_weights, fallback_thresholds,
                        reference_thresholds_for)
 from .metrics import hellinger, topk_agreement
@@ -147,9 +148,18 @@ class Engine:
         idx = torch.from_numpy(np.atleast_2d(ids).astype(np.int64)).to(self.device)
         if intervention:
             intervention.check(self.model.cfg.n_layer)
-        logits, ffn = self.model.read_last(idx, self.activation, intervention=intervention)
+        if ids.ndim == 1 and self.device == "cpu" and torch.get_num_threads() > 1:
+            # one prompt's small products run faster on one core (see app.cores)
+            logits, ffn = one_core(torch.get_num_threads()).submit(
+                self._read_last, idx, intervention).result()
+        else:
+            logits, ffn = self._read_last(idx, intervention)
         probs = torch.softmax(logits.double(), -1).cpu().numpy()
         return (probs[0], ffn[:, 0]) if ids.ndim == 1 else (probs, ffn)
+
+    @torch.inference_mode()
+    def _read_last(self, idx: torch.Tensor, intervention: Intervention | None):
+        return self.model.read_last(idx, self.activation, intervention=intervention)
 
     def query(self, prompt: str, settings: QuerySettings | None = None,
               intervention: Intervention | None = None) -> QueryResult:

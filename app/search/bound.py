@@ -308,16 +308,17 @@ class BoundSearch:
         T = self.index.block(b)
         walk = self._walk(b, qp, qres, exclude)
         i, ub = next(walk)
-        while True:
-            cand = np.flatnonzero(ub > np.float32(thr - BOUND_MARGIN))
-            hi = ub[cand]
-            lo = hi - 2 * qres[i] * T[self.index.resid_row(b, i), cand]
-            sure = lo > np.float32(thr + BOUND_MARGIN)
-            test = cand[~sure]
-            j = self._next(b, i, len(test))
+        while True:  # on by the candidates each stage leaves, as choose_stages priced the walk
+            above = ub > np.float32(thr - BOUND_MARGIN)
+            j = self._next(b, i, int(np.count_nonzero(above)))
             if j is None:
                 break
             i, ub = walk.send(j)
+        cand = np.flatnonzero(above)
+        hi = ub[cand]
+        lo = hi - 2 * qres[i] * T[self.index.resid_row(b, i), cand]
+        sure = lo > np.float32(thr + BOUND_MARGIN)
+        test = cand[~sure]
         rank, read = self.index.stages[b][i], self.index.block_bytes(b, i)
         if len(test) * self.gather_cost > self.store.size:  # the bound cannot prune enough: scan
             nb = self.scan.threshold(b, q, thr, exclude)
