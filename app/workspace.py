@@ -178,6 +178,11 @@ def bound_index(path: Path, progress: bool = True, thresholds=None,
     return {**info, "seconds": round(time.time() - t0, 1)}
 
 
+def pricing_lengths(count: int, longest: int) -> np.ndarray:
+    """The lengths of ``pricing_prompts``' ``count`` prompts: 1, 2, ..., ``longest``, 1, 2, ..."""
+    return 1 + np.arange(count) % max(1, longest)
+
+
 @torch.inference_mode()
 def pricing_prompts(ws: Workspace, count: int = 128, seed: int = 0) -> np.ndarray | None:
     """(L, count, C) float32: the stored output of ``count`` prompts from the validation split
@@ -188,13 +193,11 @@ def pricing_prompts(ws: Workspace, count: int = 128, seed: int = 0) -> np.ndarra
     largest neighbour sets (on tiny, priced on 10-character prompts only, block 4 kept rank 16
     and left 60,000-70,000 candidates for typed prompts' 20,000 neighbours). None when the split
     is too short to hold them."""
-    longest = ws.spec.context or min(3 * ws.spec.n, ws.model.cfg.block_size)
-    lo, hi = int(TRAIN_FRACTION * len(ws.ids)), len(ws.ids) - longest
+    lengths = pricing_lengths(count, ws.spec.context or min(3 * ws.spec.n, ws.model.cfg.block_size))
+    lo, hi = int(TRAIN_FRACTION * len(ws.ids)), len(ws.ids) - int(lengths.max())
     if hi - lo < count:
         return None
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(lo, hi, count)
-    lengths = 1 + np.arange(count) % longest
+    starts = np.random.default_rng(seed).integers(lo, hi, count)
     outs = np.empty((ws.model.cfg.n_layer, count, ws.model.cfg.n_embd), dtype=np.float32)
     for n in np.unique(lengths):  # one batch per length
         at = np.flatnonzero(lengths == n)

@@ -325,8 +325,10 @@ def test_stages_are_priced_on_prompts_from_outside_the_pool(engine, workspace):
     """Given query outputs, choose_stages prices on them (nothing excluded) instead of pool
     strings; a store build forwards validation prompts for it and says so in the manifest."""
     from app.search.bound_build import choose_stages, fit_basis
-    from app.workspace import pricing_prompts
+    from app.workspace import pricing_lengths, pricing_prompts
 
+    # typed prompts of every length up to three pool strings' (the explorer asks each prefix)
+    assert pricing_lengths(7, 3).tolist() == [1, 2, 3, 1, 2, 3, 1]
     Q = pricing_prompts(workspace, count=24)
     L, C = engine.store.n_layer, engine.store.unit.shape[2]
     assert Q.shape == (L, 24, C) and np.isfinite(Q).all()

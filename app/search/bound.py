@@ -65,7 +65,9 @@ LAYOUT = 3  # per block, stages of increasing rank in one table (2: one rank per
 # more than P / GATHER_COST candidates to decide, the block is scanned instead, so a block never
 # costs much more than the scan (the bound's own pass, r + 1 float32 values a row, is the most
 # lost). Measured by bench/search.py's planner line here (2 cores shared with other jobs): 3.9-4.5
-# on blog's block 3 (858,923 x 384), 6.3-8.5 on tiny's (823k x 128).
+# on blog's block 3 (858,923 x 384), 6.3-8.5 on tiny's (823k x 128); since the gathers run on
+# one-core workers (app.cores), on the idle machine, 6.5 (20,000 rows) and 3.6 (100,000) on blog's,
+# 9.4 and 3.1 on tiny's.
 GATHER_COST = 4
 # What one byte of the float16 scan costs against one byte of the bound's float32 pass: without
 # AVX-512 FP16 the CPU converts every float16 value before multiplying, so the scan runs below the
@@ -368,7 +370,11 @@ class BoundSearch:
         by ``choose_stages``). Top-k does not walk: measured on blog, 100 held-out prompts, the
         machine otherwise idle, a walk's k-th probes at each stage (a partition of P bounds and
         1,600 products) cost more than the rows it saved: the six blocks' searches summed,
-        p50 / p95 71 / 145 ms walked, 77 / 119 ms at the last stage.
+        p50 / p95 71 / 145 ms walked, 77 / 119 ms at the last stage. Measured again with the
+        gathers on one-core workers (150 held-out prompts; the stages priced on typed lengths):
+        one stage 58.7 / 113.3 ms; walked with one probe at the first stage 50.9 / 160.4, with a
+        probe at every stage 56.1 / 127.0, with a probe at the first and the last 57.4 / 125.6:
+        a walk saves the typical query's rows and costs the tail's, which needs the last rank.
         The exact similarities of the 2k best bounds give a k-th value that the answer's k-th can
         only exceed; every string whose bound reaches it (less the margin, so ties at the k-th
         are all seen) is decided exactly."""
