@@ -27,8 +27,8 @@ import torch
 
 from ..store import seal_index
 from .base import as_tensor
-from .bound import (GATHER_COST, LAYOUT, SCAN_COST, STAGE_OVERHEAD, BoundIndex, index_files,
-                    next_stage, proj_rows)
+from .bound import GATHER_COST, LAYOUT, SCAN_COST, STAGE_OVERHEAD, index_files, next_stage
+from .bound_table import BoundIndex, proj_rows
 
 RANKS = (8, 16, 24, 32, 48, 64, 96, 128)  # the ranks ``choose_stages`` prices (those below the width)
 
