@@ -321,6 +321,39 @@ def test_the_walk_reads_on_only_for_queries_the_first_stage_leaves_loose():
     assert none.stats.rank == 1 and len(none) == len(full.threshold(0, -torch.from_numpy(x[0, 0].astype(np.float32)), 0.999))
 
 
+def test_a_batch_reads_the_last_stage_only_for_the_queries_that_need_it():
+    """A batch bounds every query at the first stage, then the last stage for those that need it
+    (as the single queries walk: here the opposite of a string stops at rank 1, the others read
+    rank 8): both passes' bytes are counted, and every answer equals the single query's and the
+    full scan's, the pairs the lower bound proves included."""
+    from app.search.base import SearchStats
+    from app.search.bound import GATHER_COST
+
+    rng = np.random.default_rng(13)
+    L, P, C = 1, 20000, 32
+    x = unit_rows(rng.normal(size=(L, P, 8)) @ rng.normal(size=(8, C)) + 1e-3 * rng.normal(size=(L, P, C)))
+    store = make_store(x)
+    full, bound = ExactSearch(store), bound_for(store, [1, 8], gather_cost=GATHER_COST)
+    near = unit_rows(x[0, [17, 400]] + 0.01 * rng.normal(size=(2, C)))
+    Q = torch.from_numpy(np.stack([near[0], -x[0, 0], near[1], -x[0, 1]]).astype(np.float32))
+    assert [bound.threshold(0, q, 0.99).stats.rank for q in Q] == [8, 1, 8, 8]
+    idx, row = bound.index, bound.scan.row_bytes()
+    stats = SearchStats()
+    bound.batch_threshold(0, Q, 0.99, stats=stats)
+    assert stats.bytes_read == idx.block_bytes(0, 0) + idx.block_bytes(0) + stats.candidates * row
+    stats = SearchStats()
+    bound.batch_threshold(0, Q[1:2], 0.99, stats=stats)
+    assert stats.rank == 1 and stats.bytes_read == idx.block_bytes(0, 0) + stats.candidates * row
+    for thr in (0.5, 0.99):  # (near-duplicate strings: compared with the full scan as sets)
+        got = per_query(bound.batch_threshold(0, Q, thr), len(Q))
+        for i, q in enumerate(Q):
+            same(got[i], bound.threshold(0, q, thr))
+            assert set(got[i].rows.tolist()) == set(full.threshold(0, q, thr).rows.tolist())
+        qi, rows, sims = bound.batch_threshold(0, Q, thr, sims=False)
+        rqi, rrows, _ = full.batch_threshold(0, Q, thr)
+        assert sims is None and sorted(zip(qi.tolist(), rows.tolist())) == sorted(zip(rqi.tolist(), rrows.tolist()))
+
+
 def test_stages_are_priced_on_prompts_from_outside_the_pool(engine, workspace):
     """Given query outputs, choose_stages prices on them (nothing excluded) instead of pool
     strings; a store build forwards validation prompts for it and says so in the manifest."""
