@@ -331,8 +331,9 @@ class BoundSearch:
             read, go = self.index.block_bytes(b, 0), np.flatnonzero(on)
         if len(go):
             Q, Qv, T = self.index.batch_parts(b, Q)
-            qi, rows, ub = batch_bounds(Qv[go], T, cut, not sims)
-            parts.append(_lower(go[qi], rows, ub, Qv[go], T, qi))
+            Qv = Qv[go] if len(go) < B else Qv
+            qi, rows, ub = batch_bounds(Qv, T, cut, not sims)
+            parts.append(_lower(go[qi], rows, ub, Qv, T, qi))
             read, rank = read + self.index.block_bytes(b), st[-1]
         qi = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         rows = torch.from_numpy(np.concatenate([p[1] for p in parts]))

@@ -103,9 +103,10 @@ class BoundIndex:
     def batch_parts(self, b: int, Q: torch.Tensor, i: int | None = None):
         """Unit queries (B, C) -> float32 CPU queries, their side of the rank-r_i bound (B, rows
         through stage i; default: the last), and those rows of the table (a numpy array). A batch
-        takes one rank for all its queries, the last: a lower one left tiny's strip (64 positions)
-        so many candidates at rank 8 that blocks 0-2 went to the scan, 1.0-1.2 s each against
-        50 ms at rank 16."""
+        reads the first stage for every query and the last for those that need it
+        (``BoundSearch.batch_threshold``); the first stage alone, for every query, left tiny's
+        strip (64 positions) so many candidates at rank 8 that blocks 0-2 went to the scan,
+        1.0-1.2 s each against 50 ms at rank 16."""
         i = len(self.stages[b]) - 1 if i is None else i
         Q = Q.detach().to("cpu", torch.float32).contiguous()
         U = torch.from_numpy(self.basis[b, :, : self.stages[b][i]])
