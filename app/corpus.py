@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +183,19 @@ class NextCounts:
     chars: np.ndarray  # (nnz,) int32: token id of the following character
     counts: np.ndarray  # (nnz,) int32: how often it followed
     vocab_size: int
+    # each row's first entry (character, count; 0, 0 when empty) and whether it has more: most
+    # strings were followed by one character only (on tiny's store, 44,232 of 822,999 by more)
+    _heads: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def heads(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(P,) first characters, their counts (float64, for bincount) and "has more" flags."""
+        if self._heads is None:
+            n = np.diff(self.indptr)
+            char, count = np.zeros(len(n), np.int64), np.zeros(len(n), np.float64)
+            has, first = n > 0, self.indptr[:-1]
+            char[has], count[has] = self.chars[first[has]], self.counts[first[has]]
+            self._heads = (char, count, n > 1)
+        return self._heads
 
     def row(self, r: int) -> np.ndarray:
         out = np.zeros(self.vocab_size, dtype=np.int64)
@@ -195,19 +208,25 @@ class NextCounts:
         return self.sum_rows_grouped(rows, np.zeros(len(rows), dtype=np.int64), 1)[0]
 
     def sum_rows_grouped(self, rows: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        """(n_groups, V) sums: row ``rows[i]`` is added to group ``group[i]``."""
+        """(n_groups, V) sums: row ``rows[i]`` is added to group ``group[i]``. Each row's first
+        entry is added from ``heads`` (two gathers), the rest of the rows that have more from the
+        CSR: 100,000 random rows of tiny's store in 1.2 ms, against 2.0 through the CSR alone."""
+        V = self.vocab_size
         rows = np.asarray(rows, dtype=np.int64)
-        start, end = self.indptr[rows], self.indptr[rows + 1]
-        lens = end - start
-        total = int(lens.sum())
-        if total == 0:
-            return np.zeros((n_groups, self.vocab_size), dtype=np.int64)
-        # Expand each row's [start, end) range into flat entry indices without a Python loop.
-        offsets = np.repeat(start - np.cumsum(lens) + lens, lens) + np.arange(total)
-        g = np.repeat(np.asarray(group, dtype=np.int64), lens)
-        out = np.bincount(g * self.vocab_size + self.chars[offsets], weights=self.counts[offsets],
-                          minlength=n_groups * self.vocab_size)  # float64: exact below 2^53
-        return out.astype(np.int64).reshape(n_groups, self.vocab_size)
+        group = np.asarray(group, dtype=np.int64)
+        char, count, more = self.heads()
+        # float64 weights: exact below 2^53
+        out = np.bincount(group * V + char[rows], weights=count[rows], minlength=n_groups * V)
+        m = more[rows]
+        if m.any():
+            r, g = rows[m], group[m]
+            start, end = self.indptr[r] + 1, self.indptr[r + 1]
+            lens = end - start
+            # expand each row's [start, end) into flat entry indices without a Python loop
+            offsets = np.repeat(start - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+            out += np.bincount(np.repeat(g, lens) * V + self.chars[offsets],
+                               weights=self.counts[offsets], minlength=n_groups * V)
+        return out.astype(np.int64).reshape(n_groups, V)
 
     def totals(self) -> np.ndarray:
         """Occurrences followed by a character, per pool string."""

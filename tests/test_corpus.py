@@ -37,6 +37,17 @@ def test_pool_and_counts_equal_brute_force(mode):
     assert (nc.sum_rows(rows) == sum(nc.row(r) for r in rows)).all()
     g = nc.sum_rows_grouped(rows, np.array([1, 0, 1, 1]), 2)
     assert (g[0] == nc.row(3)).all() and (g[1] == nc.row(0) + nc.row(3) + nc.row(7)).all()
+    # every kind of row, repeats and groups: followed by one character, by several, by none (the
+    # corpus's last string in reference mode)
+    rng = np.random.default_rng(0)
+    P = len(pool.starts)
+    rows = np.concatenate([rng.integers(0, P, 300), [P - 1]])
+    group = rng.integers(0, 3, len(rows))
+    want = np.zeros((3, len(tok)), dtype=np.int64)
+    for r, g in zip(rows, group):
+        want[g] += nc.row(r)
+    assert (nc.sum_rows_grouped(rows, group, 3) == want).all()
+    assert (np.diff(nc.indptr)[rows] > 1).any() and (np.diff(nc.indptr)[rows] == 1).any()
 
 
 def test_wide_vocabulary_uses_byte_keys():
