@@ -31,3 +31,12 @@ def one_core(n: int) -> ThreadPoolExecutor:
         _ONE[n] = ThreadPoolExecutor(n, thread_name_prefix="ffnlens-one-core",
                                      initializer=torch.set_num_threads, initargs=(1,))
     return _ONE[n]
+
+
+def on_each_core(n: int, work, total: int, align: int) -> list:
+    """``work(start, end)`` for ``n`` consecutive slices of range(total), each on a ``one_core``
+    worker, the slices' edges multiples of ``align`` (pieces or chunks are not split); returns the
+    results in order, empty slices skipped."""
+    edges = [total * i // n // align * align for i in range(n)] + [total]
+    futures = [one_core(n).submit(work, s, e) for s, e in zip(edges, edges[1:]) if e > s]
+    return [f.result() for f in futures]

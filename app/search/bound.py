@@ -52,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cores import one_core
+from ..cores import on_each_core
 from ..store import IndexFiles, Store, StoreError
 from .base import (IndexCheck, Neighbours, SearchStats, as_tensor, batch_output, best_of,
                    clamp_topk, empty, record)
@@ -141,9 +141,8 @@ def batch_bounds(Qv: torch.Tensor, T: np.ndarray, cut: np.float32, keep_bounds: 
     n, P, Tt = torch.get_num_threads(), T.shape[1], as_tensor(T)
     if n == 1:
         return bound_pairs(Qv, Tt, cut, 0, P, keep_bounds)
-    edges = [P * i // n // BATCH_CHUNK * BATCH_CHUNK for i in range(n)] + [P]
-    parts = [f.result() for f in [one_core(n).submit(bound_pairs, Qv, Tt, cut, s, e, keep_bounds)
-                                  for s, e in zip(edges, edges[1:]) if e > s]]
+    parts = on_each_core(n, lambda s, e: bound_pairs(Qv, Tt, cut, s, e, keep_bounds), P,
+                         BATCH_CHUNK)
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]) if keep_bounds else None)
 

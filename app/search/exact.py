@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cores import one_core, scan_pool
+from ..cores import on_each_core, scan_pool
 from ..store import Store
 from .base import (Neighbours, SearchStats, as_tensor, best_of, clamp_topk, empty, from_tensors,
                    mask_excluded, record)
@@ -90,11 +90,9 @@ class ExactSearch:
             # on one core: torch's two-thread gathers and sums of a piece wait on each other (and
             # on BLAS's threads) longer than they save: 60,000 rows of blog's block 4 took 11.3 ms
             # on one core against 20.9 on two; the values are the same
-            n = torch.get_num_threads()
-            cut = [0] + [(len(rows) * i // n) // piece * piece for i in range(1, n)] + [len(rows)]
-            parts = [one_core(n).submit(self.pair_sims, b, Q, qi[s:e], rows[s:e], piece)
-                     for s, e in zip(cut, cut[1:]) if e > s]
-            return torch.cat([f.result() for f in parts])
+            return torch.cat(on_each_core(
+                torch.get_num_threads(),
+                lambda s, e: self.pair_sims(b, Q, qi[s:e], rows[s:e], piece), len(rows), piece))
         out = torch.empty(len(rows), dtype=torch.float32)
         for s in range(0, len(rows), piece):
             r, i = rows[s : s + piece].to(X.device), qi[s : s + piece].to(X.device)
