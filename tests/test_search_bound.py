@@ -1,4 +1,5 @@
 """app/search/bound.py: the bound backend returns exactly what the full float32 scan returns, on any store."""
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,15 @@ def make_store(unit: np.ndarray) -> Store:
                  norm=np.ones((L, P), np.float32), pool=None, counts=None)
 
 
-def bound_for(store: Store, k, gather_cost: float = 0, walk: str = "priced") -> BoundSearch:
-    """The bound backend over ``store`` at rank ``k`` (or walking the ranks in the list ``k``); by
-    default the pruned plan always (the planner's switch to the scan off), so the equality tests
-    exercise the pruning itself."""
-    return BoundSearch(store, fit_index(store.unit, [k] * store.n_layer), gather_cost=gather_cost,
-                       walk=walk)
+def bound_for(store: Store, k, gather_cost: float = 0, walk: str = "priced",
+              cells: int | None = None) -> BoundSearch:
+    """The bound backend over ``store`` at rank ``k`` (or walking the ranks in the list ``k``),
+    with ``cells`` cells a block (default: about 50 strings each); by default the pruned plan
+    always (the planner's switch to the scan off), so the equality tests exercise the pruning
+    itself."""
+    n = max(1, store.size // 50) if cells is None else cells
+    return BoundSearch(store, fit_index(store.unit, [k] * store.n_layer, cells=n),
+                       gather_cost=gather_cost, walk=walk)
 
 
 def unit_rows(x):
@@ -254,10 +258,10 @@ def test_the_planner_scans_when_the_bound_cannot_prune():
     same(full.topk(0, q, 1500), got)
     for thr in (0.95, 0.8):
         got = tight.threshold(0, q, thr)
-        assert got.stats.plan == "bound"
+        assert got.stats.plan in ("bound", "bound+cells")
         same_threshold(full, tight, 0, q, thr)
     got = tight.topk(0, q, 10)
-    assert got.stats.plan == "bound"
+    assert got.stats.plan in ("bound", "bound+cells")
     same(full.topk(0, q, 10), got)
     # batches too: the loose bound's batch scans the block (said in the stats) and decides the
     # pairs with the same float32 sums, so it answers exactly as the pruned plan and the scan do
@@ -276,7 +280,7 @@ def test_the_planner_scans_when_the_bound_cannot_prune():
         assert set(zip(want[0].tolist(), want[1].tolist())) == set(key(got))
     st = SearchStats()
     tight.batch_threshold(0, Qb, 0.95, ex, stats=st)
-    assert st.plan == "bound"
+    assert st.plan in ("bound", "bound+cells")
 
 
 def test_choose_stages_prices_the_walks_by_what_they_leave():
@@ -305,14 +309,15 @@ def test_the_walk_reads_on_only_for_queries_the_first_stage_leaves_loose():
     """Priced, a query stops at the first stage whose candidates cost less to decide than the next
     stage: on a store of rank-8 outputs, a first stage of rank 1 leaves thousands for a top-k
     query, which walks on to rank 8 (its stats say so), while a threshold high above every
-    similarity stops at once; the answers equal the full scan's either way."""
+    similarity stops at once; the answers equal the full scan's either way (without cells: with
+    them, the next stage would read only the live cells' columns, and goes on for less)."""
     from app.search.bound import GATHER_COST
 
     rng = np.random.default_rng(13)
     L, P, C = 1, 20000, 32
     x = unit_rows(rng.normal(size=(L, P, 8)) @ rng.normal(size=(8, C)) + 1e-3 * rng.normal(size=(L, P, C)))
     store = make_store(x)
-    full, bound = ExactSearch(store), bound_for(store, [1, 8], gather_cost=GATHER_COST)
+    full, bound = ExactSearch(store), bound_for(store, [1, 8], gather_cost=GATHER_COST, cells=0)
     q = torch.from_numpy(unit_rows(x[0, 17] + 0.01 * rng.normal(size=C)).astype(np.float32))
     got = bound.topk(0, q, 20)
     assert got.stats.rank == 8 and got.stats.plan == "bound" and got.stats.candidates < P // 10
@@ -325,7 +330,8 @@ def test_a_batch_reads_the_last_stage_only_for_the_queries_that_need_it():
     """A batch bounds every query at the first stage, then the last stage for those that need it
     (as the single queries walk: here the opposite of a string stops at rank 1, the others read
     rank 8): both passes' bytes are counted, and every answer equals the single query's and the
-    full scan's, the pairs the lower bound proves included."""
+    full scan's, the pairs the lower bound proves included (without cells, so that every pass
+    reads the whole table)."""
     from app.search.base import SearchStats
     from app.search.bound import GATHER_COST
 
@@ -333,7 +339,7 @@ def test_a_batch_reads_the_last_stage_only_for_the_queries_that_need_it():
     L, P, C = 1, 20000, 32
     x = unit_rows(rng.normal(size=(L, P, 8)) @ rng.normal(size=(8, C)) + 1e-3 * rng.normal(size=(L, P, C)))
     store = make_store(x)
-    full, bound = ExactSearch(store), bound_for(store, [1, 8], gather_cost=GATHER_COST)
+    full, bound = ExactSearch(store), bound_for(store, [1, 8], gather_cost=GATHER_COST, cells=0)
     near = unit_rows(x[0, [17, 400]] + 0.01 * rng.normal(size=(2, C)))
     Q = torch.from_numpy(np.stack([near[0], -x[0, 0], near[1], -x[0, 1]]).astype(np.float32))
     assert [bound.threshold(0, q, 0.99).stats.rank for q in Q] == [8, 1, 8, 8]
@@ -418,3 +424,63 @@ def test_an_older_bound_layout_is_refused_and_rebuilt_alone(workspace, engine):
     assert after["bound"]["layout"] == LAYOUT and len(after["bound"]["stages"]) == engine.store.n_layer
     assert {n: m for n, m in after["files"].items() if not n.startswith("bound_")} == before
     make_search(open_store(path, workspace.spec), "bound")
+
+
+def clustered_store(seed: int, L: int = 2, P: int = 6000, C: int = 24, centres: int = 40):
+    """Unit vectors around ``centres`` directions per block (cells that prune), a few of them
+    exact duplicates and opposites."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(size=(L, centres, C))[:, rng.integers(centres, size=P)]
+                        + 0.15 * rng.normal(size=(L, P, C))], 0)
+    x[:, 10:30] = x[:, 5:6]
+    x[:, 30:35] = -x[:, 5:6]
+    return make_store(unit_rows(x))
+
+
+def test_no_string_of_a_discarded_cell_qualifies():
+    """A cell's cap bound is an upper bound on every similarity in the cell (within the margin
+    the strings' bounds use): checked against the full float32 scan for queries near, between
+    and opposite the clusters."""
+    from app.search.bound import BOUND_MARGIN
+
+    store = clustered_store(21)
+    full, bound = ExactSearch(store), bound_for(store, 4)
+    rng = np.random.default_rng(22)
+    for b in range(store.n_layer):
+        cells = bound.index.cells[b]
+        assert cells.n == store.size // 50 and cells.edges[-1] == store.size
+        assert sorted(cells.order.tolist()) == list(range(store.size))
+        for q in [store.unit[b, 5], -store.unit[b, 5], store.unit[b, 7] + store.unit[b, 900],
+                  rng.normal(size=store.unit.shape[2])]:
+            q = unit_rows(q.astype(np.float32))
+            sims = full.similarities(b, torch.from_numpy(q)).numpy()
+            cap = cells.caps(q)
+            for i in range(cells.n):
+                rows = cells.order[cells.edges[i] : cells.edges[i + 1]]
+                assert len(rows) == 0 or sims[rows].max() <= cap[i] + BOUND_MARGIN
+
+
+def test_cells_prune_whole_cells_and_answers_stay_exact():
+    """On clustered vectors a threshold or top-k query reads only its live cells' columns (its
+    stats say "bound+cells" and count fewer bytes than the table's), single and batched, and every answer
+    equals the full scan's; a batch's queries skip the runs of cells where none of theirs is live."""
+    store = clustered_store(23)
+    full, bound = ExactSearch(store), bound_for(store, [2, 6])
+    Q = torch.from_numpy(unit_rows(store.unit[:, [5, 31, 77, 1500]].astype(np.float32)))
+    for b in range(store.n_layer):
+        whole = bound.index.block_bytes(b)
+        for thr in (0.99, 0.95, 0.9):
+            for i in range(Q.shape[1]):
+                got = bound.threshold(b, Q[b, i], thr)
+                assert got.stats.plan == "bound+cells" and got.stats.bytes_read < whole // 2
+                same_threshold(full, bound, b, Q[b, i], thr)
+                same_threshold(full, bound, b, Q[b, i], thr, exclude=5)
+        for i, k in product(range(Q.shape[1]), (1, 5, 40)):  # the nearest cells' k-th prunes
+            got = bound.topk(b, Q[b, i], k)
+            assert got.stats.plan == "bound+cells" and got.stats.bytes_read < whole // 2
+            same(full.topk(b, Q[b, i], k), got)
+            same(full.topk(b, Q[b, i], k, exclude=5), bound.topk(b, Q[b, i], k, exclude=5))
+        check_batches(full, bound, b, Q[b], [0.99, 0.9, 0.5], [3, 40])
+        cells = bound.index.cells[b]
+        live = cells.live_groups(Q[b].numpy(), 0.99)
+        assert len(cells.groups) > 2 and not live.all()

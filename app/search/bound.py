@@ -40,27 +40,36 @@ single queries and batches alike; on an accelerator, ``DeviceBoundSearch`` holds
 there and prunes single queries, while batches run the full scan on the device. Both hold an
 ``ExactSearch`` (``scan``) that computes every float32 similarity they return.
 
-Files (float32): ``bound_basis.npy`` (L, C, max rank; block b uses its first r_b columns) and
-``bound_proj.npy`` (sum of r_b + its stages, P): block b's table is its rows, interleaved as
-``BoundIndex`` says; written by ``bound_build.add_bound``, recorded in the manifest (``bound``:
-layout, stages, the estimates) by
-``bound_build.seal_bound`` (or by the store's ``finalize``, given ``index_files``), checked by
-``open_bound``.
+Cells: before any string's bound, a threshold query discards whole cells of strings whose
+cap bound (the angle from the cell's centroid to its farthest string) cannot reach the threshold
+(:mod:`app.search.bound_cells`). The table's columns are laid out cell by cell, so the query's
+passes read only its live cells' columns, and the stages after the first cost that fraction of
+their rows (the walk and ``choose_stages`` price them so). Top-k queries read every column.
+
+Files: ``bound_basis.npy`` (L, C, max rank, float32; block b uses its first r_b columns) and
+``bound_proj.npy`` (sum of r_b + its stages, P; float32): block b's table is its rows,
+interleaved as ``BoundIndex`` says, its columns in cell order; the cells' ``bound_order.npy``,
+``bound_centroids.npy`` and ``bound_cells.npy`` (see ``bound_cells.write_cells``); written by
+``bound_build.add_bound``, recorded in the manifest (``bound``: layout, stages, cells and their
+runs, the estimates) by ``bound_build.seal_bound`` (or by the store's ``finalize``, given
+``index_files``), checked by ``open_bound``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..cores import on_each_core
 from ..store import IndexFiles, Store, StoreError
-from .base import (IndexCheck, Neighbours, SearchStats, as_tensor, batch_output, best_of,
+from .base import (IndexCheck, Neighbours, SearchStats, batch_output, best_of,
                    clamp_topk, empty, record)
+from .bound_batch import batch_bounds, batch_spans, lower_pairs
+from .bound_cells import read_cells
 from .bound_table import BoundIndex
 from .exact import ExactSearch
 
 BOUND_MARGIN = 1e-4
-LAYOUT = 3  # per block, stages of increasing rank in one table (2: one rank per block; 1: one rank)
+LAYOUT = 4  # per block, cells, and stages of increasing rank in one table with its columns cell by
+# cell (3: in pool order, no cells; 2: one rank per block; 1: one rank)
 # The planner: deciding a candidate exactly gathers its row (random access), which costs about
 # GATHER_COST times what streaming one row costs in the full float16 scan; when the bound leaves
 # more than P / GATHER_COST candidates to decide, the block is scanned instead, so a block never
@@ -81,11 +90,8 @@ SCAN_COST = 3.3
 # What a stage costs beyond its rows' bytes, in rows of P float32: adding its product into the
 # bounds and comparing them with the cut (two more passes over P values, and a write).
 STAGE_OVERHEAD = 3
-# Rows of the table per product in a batch: the (B, BATCH_CHUNK) bounds stay in cache (8,192
-# measured best on tiny's strip, 25.7 ms a block against 31.2 at 16,384 and 29.5 at 2,048).
-BATCH_CHUNK = 8192
-SMALL = ("bound_basis.npy",)  # hashed in the manifest
-BIG = ("bound_proj.npy",)
+SMALL = ("bound_basis.npy", "bound_cells.npy")  # hashed in the manifest
+BIG = ("bound_proj.npy", "bound_order.npy", "bound_centroids.npy")
 CHECK = IndexCheck("bound", made="fitted to", add="run `ffnlens index` to add it",
                    rebuild="run `ffnlens index` to rebuild it (the bound index only)")
 
@@ -96,76 +102,38 @@ def index_files(n_layer: int) -> IndexFiles:
 
 
 def next_stage(i: int, last: int, n: float, P: int, C: int, next_bytes: float,
-               gather_cost: float = GATHER_COST, scan_cost: float = SCAN_COST) -> int | None:
+               gather_cost: float = GATHER_COST, scan_cost: float = SCAN_COST,
+               live: float = 1.0) -> int | None:
     """Where a threshold query at stage i (of stages 0 to ``last``) that leaves n candidates to
     decide goes next: None (it stops) at the last stage, or when deciding them costs no more than
     the next stage's pass (``next_bytes``, plus STAGE_OVERHEAD), both in bytes of the table's pass;
     straight to the last stage when they are so many that the planner would scan (the stages
     between would cost their overhead and rarely stop it: on blog's block 3 such queries leave
-    780,000 candidates at rank 32 and 5,000-35,000 at rank 128); else the next stage. The search
-    walks by it (``BoundSearch._next``) and the build prices by it (``bound_build.walk_cost``)."""
+    780,000 candidates at rank 32 and 5,000-35,000 at rank 128); else the next stage. ``live``:
+    the fraction of the columns the query reads (its live cells'; ``next_bytes`` already counts
+    only those). The search walks by it (``BoundSearch._next``) and the build prices by it
+    (``bound_build.walk_cost``)."""
     if i == last:
         return None
     if n * gather_cost > P:
         return last
-    if n * gather_cost * 2 * C * scan_cost <= next_bytes + STAGE_OVERHEAD * 4 * P:
+    if n * gather_cost * 2 * C * scan_cost <= next_bytes + STAGE_OVERHEAD * 4 * P * live:
         return None
     return i + 1
 
 
-def bound_pairs(Qv: torch.Tensor, T: torch.Tensor, cut: np.float32, start: int, end: int,
-                keep_bounds: bool = False) -> tuple:
-    """The (query, row) pairs among rows [start, end) whose bound ``Qv @ T`` exceeds ``cut``, in
-    chunks of BATCH_CHUNK rows (the bounds stay in cache); with ``keep_bounds``, their bounds too.
-    Batches run a slice of the rows per core, each on a one-core worker (``app.cores``): torch's
-    product and numpy's comparison on one thread each. Measured on tiny's strip (64 positions x
-    823k rows, block 3 at rank 17): 50 ms on the request's thread (numpy's two-thread product,
-    then a one-thread comparison), 26 ms as two slices; a torch operation between numpy's
-    products also waits for BLAS's threads to yield the cores (706-888 ms then)."""
-    Qv = Qv.contiguous()
-    qis, rws, ubs = [], [], []
-    for s in range(start, end, BATCH_CHUNK):
-        e = min(s + BATCH_CHUNK, end)
-        ub = (Qv @ T[:, s:e]).numpy()
-        k = np.flatnonzero(ub > cut)
-        qis.append(k // (e - s))
-        rws.append(k % (e - s) + s)
-        if keep_bounds:
-            ubs.append(ub.ravel()[k])
-    return (np.concatenate(qis), np.concatenate(rws),
-            np.concatenate(ubs) if keep_bounds else None)
-
-
-def batch_bounds(Qv: torch.Tensor, T: np.ndarray, cut: np.float32, keep_bounds: bool) -> tuple:
-    """``bound_pairs`` over all of the table's rows ``T``, a slice per core on one-core workers."""
-    n, P, Tt = torch.get_num_threads(), T.shape[1], as_tensor(T)
-    if n == 1:
-        return bound_pairs(Qv, Tt, cut, 0, P, keep_bounds)
-    parts = on_each_core(n, lambda s, e: bound_pairs(Qv, Tt, cut, s, e, keep_bounds), P,
-                         BATCH_CHUNK)
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]) if keep_bounds else None)
-
-
-def _lower(qi, rows, ub, Qv: torch.Tensor, T: np.ndarray, at=None) -> tuple:
-    """(query, row, lower bound or None) of pairs bounded by the stage whose query side is ``Qv``
-    (its last column the query's residual norm; rows of it at ``at``, default ``qi``) and whose
-    table is ``T`` (its last row the strings' residual norms)."""
-    if ub is None:
-        return qi, rows, None
-    qres = Qv[:, -1].numpy()[qi if at is None else at]
-    return qi, rows, ub - 2 * qres * T[-1][rows]
-
-
 def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tensor, k: int,
                      exclude: int | None, plan: str, bound_bytes: int,
-                     gather_cost: float = GATHER_COST, rank: int = 0) -> Neighbours:
+                     gather_cost: float = GATHER_COST, rank: int = 0, order=None,
+                     exclude_col: int | None = None) -> Neighbours:
     """Two passes over upper bounds ``ub`` (on the CPU or a device): the exact similarities of the
     2k best bounds give a k-th value that the answer's k-th can only exceed; every string whose
     bound reaches it (less the margin, so ties at the k-th are all seen) is then decided exactly.
     Measured on blog-cpu at k = 200: 5.5 ms per block before (rounds of 4x more candidates, each
-    re-ranking every bound)."""
-    n, k = clamp_topk(ub, k, exclude)  # the excluded row's bound is now -inf
+    re-ranking every bound). ``ub`` is by column of the table: ``order`` maps columns to pool rows
+    (None: the same), and ``exclude_col`` is the excluded row's column."""
+    rows_of = (lambda c: c) if order is None else (lambda c: order[c])
+    n, k = clamp_topk(ub, k, exclude if order is None else exclude_col)  # its bound is now -inf
     if k <= 0:
         return empty(record(None, plan, 0, bound_bytes, rank))
     m = min(n, 2 * k)
@@ -174,7 +142,7 @@ def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tenso
         first = torch.from_numpy(np.flatnonzero(u >= np.partition(u, len(u) - m)[len(u) - m]))
     else:
         first = ub.topk(m).indices
-    kth = float(scan.exact(b, first, q).topk(k).values[-1])
+    kth = float(scan.exact(b, rows_of(first), q).topk(k).values[-1])
     if ub.device.type == "cpu":
         cand = torch.from_numpy(np.flatnonzero(ub.numpy() >= np.float32(kth - BOUND_MARGIN)))
     else:
@@ -185,6 +153,7 @@ def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tenso
                           bound_bytes + m * scan.row_bytes() + nb.stats.bytes_read, rank)
         return nb
     stats = record(None, plan, len(cand), bound_bytes + len(cand) * scan.row_bytes(), rank)
+    cand = rows_of(cand)
     return best_of(cand, scan.exact(b, cand, q), k, stats)
 
 
@@ -209,35 +178,41 @@ class BoundSearch:
         self.walk = walk
 
     def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
-        """(P,) float32 upper bounds of q . x at the block's last stage, valid to within BOUND_MARGIN."""
-        return torch.from_numpy(self.index.cpu_bounds(b, *self.index.query_parts(b, q)))
+        """(P,) float32 upper bounds of q . x at the block's last stage by pool row, valid to
+        within BOUND_MARGIN (the strings' bounds, without their cells')."""
+        ub = self.index.cpu_bounds(b, *self.index.query_parts(b, q))
+        by_row = np.empty_like(ub)
+        by_row[self.index.rows_of(b, np.arange(len(ub)))] = ub
+        return torch.from_numpy(by_row)
 
-    def _next(self, b: int, i: int, n: int) -> int | None:
+    def _next(self, b: int, i: int, n: int, live: float = 1.0) -> int | None:
         """Where a threshold query at stage i of block b that leaves n candidates to decide goes
-        next (``next_stage``; walking "all" or stopping at the "first" in tests)."""
+        next (``next_stage``, reading the fraction ``live`` of the columns; walking "all" or
+        stopping at the "first" in tests)."""
         last = len(self.index.stages[b]) - 1
         if self.walk == "first":
             return None
         if self.walk == "all":
             return None if i == last else i + 1
-        return next_stage(i, last, n, self.store.size, self.store.unit.shape[2],
-                          self.index.stage_bytes(b, i + 1) if i < last else 0, self.gather_cost)
+        nxt = self.index.stage_bytes(b, i + 1) * live if i < last else 0
+        return next_stage(i, last, n, self.store.size, self.store.unit.shape[2], nxt,
+                          self.gather_cost, live=live)
 
-    def _walk(self, b: int, qp: np.ndarray, qres: np.ndarray, exclude: int | None, start: int = 0):
-        """The query's bounds stage by stage from stage ``start``: yields (stage, (P,) upper
-        bounds), the same array updated in place (the excluded row's bound -inf); the caller sends
-        the stage to go to next (``_next``), None to stop."""
+    def _walk(self, b: int, qp: np.ndarray, qres: np.ndarray, cols: np.ndarray | None,
+              start: int = 0):
+        """The query's bounds stage by stage from stage ``start``, over the table's columns
+        ``cols`` (None: all): yields (stage, upper bounds), the same array updated in place; the
+        caller sends the stage to go to next (``_next``), None to stop."""
         T = self.index.block(b)
+        read = (lambda s, e: T[s:e]) if cols is None else (lambda s, e: np.take(T[s:e], cols, 1))
         i = start
-        ub = self.index.stage_vec(qp, qres, b, 0, i) @ T[: self.index.stage_span(b, 0, i)[1]]
-        if exclude is not None:
-            ub[exclude] = -np.inf
+        ub = self.index.stage_vec(qp, qres, b, 0, i) @ read(0, self.index.stage_span(b, 0, i)[1])
         while True:
             j = yield i, ub
             if j is None:
                 return
             s, e = self.index.stage_span(b, i + 1, j)
-            ub += self.index.stage_vec(qp, qres, b, i + 1, j) @ T[s:e]
+            ub += self.index.stage_vec(qp, qres, b, i + 1, j) @ read(s, e)
             i = j
 
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
@@ -246,26 +221,36 @@ class BoundSearch:
         the sets reach 100,000): their similarities are computed only when the answer is ordered
         or its first strings are shown (see Neighbours)."""
         qp, qres = self.index.query_parts(b, q)
-        T = self.index.block(b)
-        walk = self._walk(b, qp, qres, exclude)
+        T, P = self.index.block(b), self.store.size
+        cells = self.index.cells[b]
+        cols = None if cells is None else cells.live_columns(q.detach().cpu().numpy(), thr - BOUND_MARGIN)
+        live = 1.0 if cols is None else len(cols) / P
+        walk = self._walk(b, qp, qres, cols)
         i, ub = next(walk)
         while True:  # on by the candidates each stage leaves, as choose_stages priced the walk
             above = ub > np.float32(thr - BOUND_MARGIN)
-            j = self._next(b, i, int(np.count_nonzero(above)))
+            j = self._next(b, i, int(np.count_nonzero(above)), live)
             if j is None:
                 break
             i, ub = walk.send(j)
         cand = np.flatnonzero(above)
         hi = ub[cand]
-        lo = hi - 2 * qres[i] * T[self.index.resid_row(b, i), cand]
+        if cols is not None:
+            cand = cols[cand]
+        lo = hi - 2 * qres[i] * T[self.index.resid_row(b, i)][cand]
         sure = lo > np.float32(thr + BOUND_MARGIN)
+        cand = self.index.rows_of(b, cand)
+        if exclude is not None:
+            keep = cand != exclude
+            cand, hi, lo, sure = cand[keep], hi[keep], lo[keep], sure[keep]
         test = cand[~sure]
-        rank, read = self.index.stages[b][i], self.index.block_bytes(b, i)
-        if len(test) * self.gather_cost > self.store.size:  # the bound cannot prune enough: scan
+        rank, read = self.index.stages[b][i], int(self.index.block_bytes(b, i) * live)
+        if len(test) * self.gather_cost > P:  # the bound cannot prune enough: scan
             nb = self.scan.threshold(b, q, thr, exclude)
             nb.stats = record(None, "bound->scan", nb.stats.candidates, read + nb.stats.bytes_read, rank)
             return nb
-        stats = record(None, "bound", len(cand), read + len(cand) * self.scan.row_bytes(), rank)
+        stats = record(None, "bound" if cols is None else "bound+cells", len(cand),
+                       read + len(cand) * self.scan.row_bytes(), rank)
         s = self.scan.exact(b, torch.from_numpy(test), q).numpy()
         keep = s > thr
         rows = np.concatenate([test[keep], cand[sure]]).astype(np.int64)
@@ -289,12 +274,35 @@ class BoundSearch:
         a walk saves the typical query's rows and costs the tail's, which needs the last rank.
         The exact similarities of the 2k best bounds give a k-th value that the answer's k-th can
         only exceed; every string whose bound reaches it (less the margin, so ties at the k-th
-        are all seen) is decided exactly."""
+        are all seen) is decided exactly.
+
+        With cells, the exact similarities of the strings of the cells nearest the query (at
+        least 2k + 1 of them) give a floor the answer's k-th can only exceed: the bounds are read
+        only over the cells whose cap reaches it (when those hold at most LIVE_MAX of the
+        strings), every one of the answer's strings among them."""
         qp, qres = self.index.query_parts(b, q)
         i = self.index.topk_stage[b]
-        _, ub = next(self._walk(b, qp, qres, None, i))
-        return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound",
-                                self.index.block_bytes(b, i), self.gather_cost, self.index.stages[b][i])
+        cells, cols = self.index.cells[b], None
+        if cells is not None:
+            qn = q.detach().cpu().numpy()
+            near = cells.nearest_rows(qn, 2 * k + 1)
+            near = near if exclude is None else near[near != exclude]
+            if len(near) >= k > 0:
+                floor = float(self.scan.exact(b, torch.from_numpy(near), q).topk(k).values[-1])
+                cols = cells.live_columns(qn, floor - BOUND_MARGIN)
+        _, ub = next(self._walk(b, qp, qres, cols, i))
+        if cols is None:
+            return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound",
+                                    self.index.block_bytes(b, i), self.gather_cost,
+                                    self.index.stages[b][i],
+                                    None if cells is None else torch.from_numpy(cells.order),
+                                    None if exclude is None else self.index.column_of(b, exclude))
+        rows = cells.order[cols]
+        at = None if exclude is None else np.flatnonzero(rows == exclude)
+        return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound+cells",
+                                int(self.index.block_bytes(b, i) * len(cols) / self.store.size),
+                                self.gather_cost, self.index.stages[b][i], torch.from_numpy(rows),
+                                None if at is None or len(at) == 0 else int(at[0]))
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
@@ -310,32 +318,44 @@ class BoundSearch:
         stage (``next_stage``), when the first stage is at most half the last's rows. Most stop at
         the first: of blog's 256-character strip, 1, 7, 41, 7 and 91 of 256 positions went on in
         blocks 0-4, whose passes took 109-297 ms at the first stage against 432-993 ms at the
-        last."""
+        last. With cells, each query reads only the runs of cells that hold one of its live cells
+        (``batch_spans``)."""
         cut = np.float32(thr - BOUND_MARGIN)  # as torch compared it: in float32
-        st, B = self.index.stages[b], Q.shape[0]
+        st, B, P = self.index.stages[b], Q.shape[0], self.store.size
         last = len(st) - 1
         parts, read, rank = [], 0, st[0]
+        cells = self.index.cells[b]
+        live, starts, frac = None, None, np.ones(B)
+        if cells is not None:
+            Q = Q.detach().to("cpu", torch.float32)
+            live, starts = cells.live_groups(Q.numpy(), float(cut)), cells.group_columns()
+            frac = (live * np.diff(starts)).sum(1) / P
         go = np.arange(B)  # the queries that read the last stage
         if last > 0 and 2 * self.index.stage_span(b, 0)[1] <= self.index.stage_span(b, last)[1]:
             # two passes: every query at the first stage, then the last stage for those whose
             # candidates there would cost more to decide than walking on (next_stage)
             Q, Qv0, T0 = self.index.batch_parts(b, Q, 0)
-            qi, rows, ub = batch_bounds(Qv0, T0, cut, not sims)
+            spans = batch_spans(P, live, starts)
+            qi, rows, ub = batch_bounds(Qv0, T0, cut, not sims, spans)
             n = np.bincount(qi, minlength=B)
-            on = np.array([next_stage(0, last, c, self.store.size, Q.shape[1],
-                                      self.index.stage_bytes(b, 1), self.gather_cost) is not None
-                           for c in n], dtype=bool)
+            on = np.array([next_stage(0, last, c, P, Q.shape[1], self.index.stage_bytes(b, 1) * f,
+                                      self.gather_cost, live=f) is not None
+                           for c, f in zip(n, frac)], dtype=bool)
             stop = ~on[qi]
-            parts.append(_lower(qi[stop], rows[stop], None if ub is None else ub[stop], Qv0, T0))
-            read, go = self.index.block_bytes(b, 0), np.flatnonzero(on)
+            parts.append(lower_pairs(qi[stop], rows[stop], None if ub is None else ub[stop],
+                                     Qv0, T0))
+            read += self.index.block_bytes(b, 0) * sum(e - s for s, e, _ in spans) // P
+            go = np.flatnonzero(on)
         if len(go):
             Q, Qv, T = self.index.batch_parts(b, Q)
             Qv = Qv[go] if len(go) < B else Qv
-            qi, rows, ub = batch_bounds(Qv, T, cut, not sims)
-            parts.append(_lower(go[qi], rows, ub, Qv, T, qi))
-            read, rank = read + self.index.block_bytes(b), st[-1]
+            spans = batch_spans(P, None if live is None else live[go], starts)
+            qi, rows, ub = batch_bounds(Qv, T, cut, not sims, spans)
+            parts.append(lower_pairs(go[qi], rows, ub, Qv, T, qi))
+            read += self.index.block_bytes(b) * sum(e - s for s, e, _ in spans) // P
+            rank = st[-1]
         qi = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-        rows = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        rows = torch.from_numpy(self.index.rows_of(b, np.concatenate([p[1] for p in parts])))
         sure = torch.zeros(len(rows), dtype=torch.bool)
         if not sims:
             sure = torch.from_numpy(np.concatenate([p[2] for p in parts])) > thr + BOUND_MARGIN
@@ -356,7 +376,8 @@ class BoundSearch:
             record(stats, "bound->scan", len(rows), read
                    + (self.store.size + len(rows)) * self.scan.row_bytes())
         else:
-            record(stats, "bound", len(rows), read + len(rows) * self.scan.row_bytes(), rank)
+            record(stats, "bound" if live is None else "bound+cells", len(rows),
+                   read + len(rows) * self.scan.row_bytes(), rank)
         exact = self.scan.pair_sims(b, Q, qi[test], rows[test])
         keep = exact > thr
         if not sims:
@@ -395,8 +416,18 @@ class DeviceBoundSearch:
         self.scan = ExactSearch(store, device)
         self._held: dict = {}
 
+    def _order(self, b: int) -> torch.Tensor | None:
+        """The pool row of each column of block b's table, on the device (None: the same)."""
+        cells = self.index.cells[b]
+        if cells is None:
+            return None
+        if ("order", b) not in self._held:
+            self._held["order", b] = torch.from_numpy(cells.order).to(self.device)
+        return self._held["order", b]
+
     def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
-        """(P,) float32 upper bounds of q . x on the device, valid to within BOUND_MARGIN."""
+        """(P,) float32 upper bounds of q . x on the device by column of the table (``_order``
+        maps them to pool rows), valid to within BOUND_MARGIN."""
         if b not in self._held:
             self._held[b] = torch.from_numpy(np.array(self.index.block(b))).to(self.device)
         qp, qres = self.index.query_parts(b, q)
@@ -405,13 +436,16 @@ class DeviceBoundSearch:
 
     def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
         cand = torch.nonzero(self.bounds(b, q) > thr - BOUND_MARGIN).flatten()
+        order = self._order(b)
+        cand = cand if order is None else torch.sort(order[cand]).values
         stats = record(None, "bound-device", len(cand),
                        self.index.block_bytes(b) + len(cand) * self.scan.row_bytes())
         return self.scan.threshold_among(b, q, thr, cand, exclude, stats)
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         return topk_from_bounds(self.scan, b, q, self.bounds(b, q), k, exclude, "bound-device",
-                                self.index.block_bytes(b))
+                                self.index.block_bytes(b), order=self._order(b),
+                                exclude_col=None if exclude is None else self.index.column_of(b, exclude))
 
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
                         exclude: torch.Tensor | None = None, sims: bool = True,
@@ -428,21 +462,31 @@ def open_bound(store: Store, device: str = "cpu") -> BoundSearch | DeviceBoundSe
     that is missing, of an older layout, or fitted to other vectors or shapes."""
     info = CHECK.entry(store)
     if info.get("layout") != LAYOUT:
-        raise StoreError(f"the bound index at {store.path} has an older layout (one rank for every "
-                         f"query); {CHECK.rebuild}")
+        raise StoreError(f"the bound index at {store.path} has an older layout (no cells); "
+                         f"{CHECK.rebuild}")
     stages = info.get("stages") or []
     basis = CHECK.load(store.path / "bound_basis.npy", np.load)
     table = CHECK.load(store.path / "bound_proj.npy", lambda p: np.load(p, mmap_mode="r"))
     ranks = [st[-1] for st in stages if st]
     topk = info.get("topk_stages") or [len(st) - 1 for st in stages]
+    order = CHECK.load(store.path / "bound_order.npy", lambda p: np.load(p, mmap_mode="r"))
+    centroids = CHECK.load(store.path / "bound_centroids.npy", np.load)
+    caps = CHECK.load(store.path / "bound_cells.npy", np.load)
+    groups = info.get("groups") or []
+    n = centroids.shape[1] if centroids.ndim == 3 else -1
     CHECK.fits(len(stages) == store.n_layer == len(ranks) == len(topk)
                and all(list(st) == sorted(set(st)) for st in stages)
                and all(0 <= i < len(st) for i, st in zip(topk, stages))
                and basis.shape[:2] == (store.n_layer, store.unit.shape[2])
                and basis.shape[2] >= max(ranks, default=0)
-               and table.shape == (sum(r + len(st) for r, st in zip(ranks, stages)), store.size),
+               and table.shape == (sum(r + len(st) for r, st in zip(ranks, stages)), store.size)
+               and order.shape == (store.n_layer, store.size)
+               and centroids.shape == (store.n_layer, n, store.unit.shape[2])
+               and caps.shape == (store.n_layer, 3, n + 1) and len(groups) == store.n_layer
+               and all(caps[b, 0, -1] == store.size and g[0] == 0 and g[-1] == n
+                       for b, g in enumerate(groups)),
                f"at {store.path}")
-    index = BoundIndex(basis, stages, table, topk)
+    index = BoundIndex(basis, stages, table, topk, read_cells(order, centroids, caps, groups))
     if device == "cpu":
         return BoundSearch(store, index, device)
     return DeviceBoundSearch(store, index, device)

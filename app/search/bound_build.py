@@ -27,7 +27,9 @@ import torch
 
 from ..store import seal_index
 from .base import as_tensor
-from .bound import GATHER_COST, LAYOUT, SCAN_COST, STAGE_OVERHEAD, index_files, next_stage
+from .bound import (BOUND_MARGIN, GATHER_COST, LAYOUT, SCAN_COST, STAGE_OVERHEAD, index_files,
+                    next_stage)
+from .bound_cells import fit_cells, write_cells
 from .bound_table import BoundIndex, proj_rows
 
 RANKS = (8, 16, 24, 32, 48, 64, 96, 128)  # the ranks ``choose_stages`` prices (those below the width)
@@ -42,23 +44,26 @@ def fit_basis(unit: np.ndarray, k: int, sample: int = 20000, seed: int = 0) -> n
     return Vh[: min(k, X.shape[1])].T.contiguous().numpy()
 
 
-def _rows32(unit: np.ndarray, s: int, e: int) -> torch.Tensor:
-    """Rows s:e of a float16 (or float32) array as a float32 tensor (torch converts fastest)."""
-    return as_tensor(np.ascontiguousarray(unit[s:e])).to(torch.float32)
+def _rows32(unit: np.ndarray, s: int, e: int, order: np.ndarray | None = None) -> torch.Tensor:
+    """Rows s:e of a float16 (or float32) array (or rows order[s:e]) as a float32 tensor (torch
+    converts fastest)."""
+    x = unit[s:e] if order is None else unit[np.asarray(order[s:e])]
+    return as_tensor(np.ascontiguousarray(x)).to(torch.float32)
 
 
 def project(unit: np.ndarray, basis: np.ndarray, stages, out: np.ndarray | None = None,
-            chunk: int = 65536) -> np.ndarray:
+            chunk: int = 65536, order: np.ndarray | None = None) -> np.ndarray:
     """The block's table (r + len(stages), P), float32, laid out as ``BoundIndex`` reads it: the
     projections of the stored float16 vectors on the r = stages[-1] columns of ``basis``, with the
     residual norm at each stage's rank after that stage's directions (each computed directly, not
-    from energies); written into ``out`` when given."""
+    from energies), column j for pool row order[j] (default: row j); written into ``out`` when
+    given."""
     stages = [int(r) for r in stages]
     U = torch.from_numpy(np.ascontiguousarray(basis[:, : stages[-1]], dtype=np.float32))
     P, rows = len(unit), proj_rows(stages)
     table = np.empty((stages[-1] + len(stages), P), dtype=np.float32) if out is None else out
     for s in range(0, P, chunk):
-        X = _rows32(unit, s, s + chunk)
+        X = _rows32(unit, s, s + chunk, order)
         xp = X @ U
         table[rows, s : s + chunk] = xp.T.numpy()
         for i, r in enumerate(stages):
@@ -73,23 +78,26 @@ def rank_choices(C: int) -> tuple[int, ...]:
 
 
 def walk_cost(counts: np.ndarray, ranks, P: int, C: int, gather_cost: float = GATHER_COST,
-              scan_cost: float = SCAN_COST) -> np.ndarray:
+              scan_cost: float = SCAN_COST, live: np.ndarray | None = None) -> np.ndarray:
     """What walking the stages ``ranks`` costs each query, as fractions of a full scan, given
     ``counts`` (len(ranks), queries): the candidates each stage's bound leaves. Each query reads
     stages (their rows, plus STAGE_OVERHEAD each) and goes on as the search does (``next_stage``):
     it stops when deciding its candidates costs no more than the next stage, goes straight to the
     last stage when the planner would scan them, else to the next. All in bytes of the table's
     pass; a gathered row costs ``gather_cost`` streamed float16 rows, and the float16 scan
-    ``scan_cost`` times its bytes (see ``choose_stages``)."""
+    ``scan_cost`` times its bytes (see ``choose_stages``). ``live`` (queries,): the fraction of
+    the columns each query reads (its live cells'; default all)."""
     last = len(ranks) - 1
+    live = np.ones(counts.shape[1]) if live is None else live
     rows = np.array([ranks[0] + 1] + [r - p + 2 for p, r in zip(ranks, ranks[1:])] + [0],
                     dtype=np.float64)  # each stage's rows (0 past the last)
     cost = np.empty(counts.shape[1])
     for q in range(counts.shape[1]):
-        i, read = 0, 4 * P * (rows[0] + STAGE_OVERHEAD)
-        while (j := next_stage(i, last, counts[i, q], P, C, 4 * P * rows[i + 1], gather_cost,
-                               scan_cost)) is not None:
-            read += 4 * P * (rows[i + 1 : j + 1].sum() + STAGE_OVERHEAD)
+        f = live[q]
+        i, read = 0, 4 * P * f * (rows[0] + STAGE_OVERHEAD)
+        while (j := next_stage(i, last, counts[i, q], P, C, 4 * P * f * rows[i + 1], gather_cost,
+                               scan_cost, live=f)) is not None:
+            read += 4 * P * f * (rows[i + 1 : j + 1].sum() + STAGE_OVERHEAD)
             i = j
         decide = min(counts[i, q] * gather_cost, P) * 2 * C * scan_cost  # or the scan
         cost[q] = (read + decide) / (2 * C * P * scan_cost)
@@ -99,8 +107,8 @@ def walk_cost(counts: np.ndarray, ranks, P: int, C: int, gather_cost: float = GA
 def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int = 128,
                   ks: tuple[int, ...] = (50, 200), threshold: float | None = None,
                   gather_cost: float = GATHER_COST, scan_cost: float = SCAN_COST,
-                  chunk: int = 65536, seed: int = 0, prompts: np.ndarray | None = None
-                  ) -> tuple[list[int], dict]:
+                  chunk: int = 65536, seed: int = 0, prompts: np.ndarray | None = None,
+                  cells=None) -> tuple[list[int], dict]:
     """The stages (increasing ranks among ``ranks``, each at most basis's columns) whose walk
     costs least on this block, and the estimates.
 
@@ -112,7 +120,9 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
     choice of first and last stage (the ranks between are the stages) as fractions of a full scan
     of the block. The choice minimising mean + p98 / 2, taken per cut and averaged over the cuts,
     wins (the smaller on a tie): a page waits for its slowest blocks, so the tail counts, while
-    the typical query counts most.
+    the typical query counts most. With ``cells`` (the block's, its table's columns in their
+    order), the threshold's candidates are those of the query's live cells, and its passes read
+    only their columns (or all of them, when the live cells hold more than LIVE_MAX).
 
     Measured on blog (128 held-out prompts, bench numbers in bound.py's docstring): one rank per
     block had to serve both modes, and the rank top-200's tail needed (128 for block 3: 0.35 of a
@@ -143,6 +153,17 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
     if threshold is not None:
         cuts.append(torch.full((B,), float(threshold)))
     cuts = torch.stack(cuts, 1)  # (B, cuts)
+    live_rows, live_frac = None, np.ones(B)
+    if cells is not None and threshold is not None:
+        from .bound_cells import LIVE_MAX
+        live_cells = cells.caps(Q.numpy()) > float(threshold) - BOUND_MARGIN
+        sizes = np.diff(cells.edges)
+        live_frac = (live_cells * sizes).sum(1) / P
+        live_cells[live_frac > LIVE_MAX] = True  # such a query reads every column
+        live_frac[live_frac > LIVE_MAX] = 1.0
+        cell_of = np.empty(P, dtype=np.int64)
+        cell_of[cells.order] = np.repeat(np.arange(cells.n), sizes)
+        live_rows = lambda s, e: torch.from_numpy(live_cells[:, cell_of[s:e]])  # noqa: E731
     U = torch.from_numpy(np.ascontiguousarray(basis[:, : max(ranks)], dtype=np.float32))
     Qp = Q @ U
     q_res = (1 - (Qp ** 2).cumsum(1)).clamp_min(0).sqrt()
@@ -151,14 +172,19 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
         X = _rows32(unit, s, s + chunk)
         Xp = X @ U
         x_res = ((X ** 2).sum(1, keepdim=True) - (Xp ** 2).cumsum(1)).clamp_min(0).sqrt()
+        inside = None if live_rows is None else live_rows(s, s + X.shape[0])
         for i, r in enumerate(ranks):
             ub = Qp[:, :r] @ Xp[:, :r].T + q_res[:, r - 1 : r] * x_res[:, r - 1][None]
-            counts[i] += (ub[:, :, None] >= cuts[:, None, :]).sum(1)
+            hit = ub[:, :, None] >= cuts[:, None, :]
+            if inside is not None:
+                hit[:, :, -1] &= inside
+            counts[i] += hit.sum(1)
     counts = counts.numpy()
     n_cuts = counts.shape[2]
     fixed = {}  # each rank alone: one stage
     for i, r in enumerate(ranks):
-        cost = np.stack([walk_cost(counts[i : i + 1, :, c], [r], P, C, gather_cost, scan_cost)
+        cost = np.stack([walk_cost(counts[i : i + 1, :, c], [r], P, C, gather_cost, scan_cost,
+                                   live_frac if threshold is not None and c == n_cuts - 1 else None)
                          for c in range(n_cuts)], 1)
         fixed[r] = cost
     score, walks = {}, {}
@@ -171,7 +197,8 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
         for z in range(a, len(ranks)):
             st = list(ranks[a : z + 1])
             tk = min(range(len(st)), key=lambda i: kscore[st[i]])  # top-k's stage
-            cost = np.stack([walk_cost(counts[a : z + 1, :, c], st, P, C, gather_cost, scan_cost)
+            cost = np.stack([walk_cost(counts[a : z + 1, :, c], st, P, C, gather_cost, scan_cost,
+                                       live_frac)
                              if walked[c] else fixed[st[tk]][:, c]
                              for c in range(n_cuts)], 1)  # (queries, cuts)
             key = f"{st[0]}-{st[-1]}"
@@ -188,19 +215,21 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
         "score": score, "queries": B, "ks": list(ks), "threshold": threshold}
 
 
-def fit_index(unit: np.ndarray, stages) -> BoundIndex:
+def fit_index(unit: np.ndarray, stages, cells: int | None = 0) -> BoundIndex:
     """An index in memory over ``unit`` (L, P, C), block b walking the ranks ``stages[b]`` (a
-    list, or one rank: one stage) (tests, small stores; ``add_bound`` chooses the stages and
-    writes the index to disk)."""
+    list, or one rank: one stage), with ``cells`` cells a block (None: ``cell_count``; 0: none)
+    (tests, small stores; ``add_bound`` chooses the stages and writes the index to disk)."""
     L, P, C = unit.shape
     top = min(C, P)  # SVD of P rows gives min(P, C) directions
     stages = [sorted({max(1, min(int(r), top)) for r in np.atleast_1d(st)}) for st in stages]
     basis = np.zeros((L, C, max(st[-1] for st in stages)), dtype=np.float32)
     table = np.empty((sum(st[-1] + len(st) for st in stages), P), dtype=np.float32)
-    index = BoundIndex(basis, stages, table)
+    fitted = [fit_cells(unit[b], cells) for b in range(L)] if cells != 0 else None
+    index = BoundIndex(basis, stages, table, cells=fitted)
     for b in range(L):
         index.basis[b, :, : stages[b][-1]] = fit_basis(unit[b], stages[b][-1])
-        project(unit[b], index.basis[b], stages[b], out=index.block(b))
+        project(unit[b], index.basis[b], stages[b], out=index.block(b),
+                order=None if fitted is None else fitted[b].order)
     return index
 
 
@@ -218,12 +247,14 @@ def add_bound(path, thresholds=None, progress: bool = True, prompts: np.ndarray 
     L, P, C = unit.shape
     top = min(max(rank_choices(C)), C, P)
     basis = np.zeros((L, C, top), dtype=np.float32)
-    stages, topk, costs, walks, scores = [], [], [], [], []
-    for b in tqdm(range(L), desc="bound index: stages", disable=not progress, dynamic_ncols=True):
+    stages, topk, costs, walks, scores, cells = [], [], [], [], [], []
+    for b in tqdm(range(L), desc="bound index: cells and stages", disable=not progress,
+                  dynamic_ncols=True):
         basis[b] = fit_basis(unit[b], top)
+        cells.append(fit_cells(unit[b]))
         thr = None if thresholds is None else thresholds[b]
         st, info = choose_stages(unit[b], basis[b], threshold=thr,
-                                 prompts=None if prompts is None else prompts[b])
+                                 prompts=None if prompts is None else prompts[b], cells=cells[b])
         stages.append([int(r) for r in st])
         topk.append(int(info.get("topk_stage", len(st) - 1)))
         costs.append(info.get("cost_vs_scan", {}))
@@ -235,14 +266,16 @@ def add_bound(path, thresholds=None, progress: bool = True, prompts: np.ndarray 
         basis[b, :, r:] = 0  # block b uses its first r columns
     table = np.lib.format.open_memmap(path / "bound_proj.npy.tmp", "w+", np.float32,
                                       (sum(r + len(st) for r, st in zip(ranks, stages)), P))
-    index = BoundIndex(basis, stages, table, topk)
+    index = BoundIndex(basis, stages, table, topk, cells)
     for b in tqdm(range(L), desc="bound index: tables", disable=not progress, dynamic_ncols=True):
-        project(unit[b], basis[b], stages[b], out=index.block(b))
+        project(unit[b], basis[b], stages[b], out=index.block(b), order=cells[b].order)
     table.flush()
     del table, index
     np.save(path / "bound_basis.npy", basis)
+    groups = write_cells(path, cells)
     os.replace(path / "bound_proj.npy.tmp", path / "bound_proj.npy")
     return {"layout": LAYOUT, "stages": stages, "topk_stages": topk, "ranks": ranks,
+            "cells": cells[0].n, "groups": groups,
             "rank": max(ranks), "walk": walks,
             "cost_vs_scan": [{str(r): list(c) for r, c in cs.items()} for cs in costs],
             "score": scores,

@@ -30,7 +30,8 @@ class BoundIndex:
     the new directions and the new residual term added), so walking the stages reads each row
     once, and a query stops at the first stage whose bound leaves few enough candidates."""
 
-    def __init__(self, basis: np.ndarray, stages, table: np.ndarray, topk_stages=None):
+    def __init__(self, basis: np.ndarray, stages, table: np.ndarray, topk_stages=None,
+                 cells: list | None = None):
         self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (L, C, max rank)
         self.stages = [[int(r) for r in st] for st in stages]  # per block, increasing ranks
         self.ranks = [st[-1] for st in self.stages]
@@ -40,6 +41,19 @@ class BoundIndex:
         self.offsets = np.concatenate([[0], np.cumsum([r + len(st) for r, st in
                                                        zip(self.ranks, self.stages)])]).tolist()
         self.table = table  # (sum of r_b + stages_b, P) float32, memory-mapped
+        # per block, its Cells (app.search.bound_cells): the table's columns are laid out cell by
+        # cell, column j holding pool row cells[b].order[j]; None: in pool order, no cells
+        self.cells = cells if cells is not None else [None] * len(self.stages)
+
+    def rows_of(self, b: int, cols: np.ndarray) -> np.ndarray:
+        """The pool rows of columns ``cols`` of block b's table."""
+        c = self.cells[b]
+        return cols if c is None else c.order[cols]
+
+    def column_of(self, b: int, row: int) -> int:
+        """The column of block b's table holding pool row ``row``."""
+        c = self.cells[b]
+        return row if c is None else c.column_of(row)
 
     def block(self, b: int) -> np.ndarray:
         """Block b's table (r_b + its number of stages, P), interleaved as above."""

@@ -170,11 +170,23 @@ class ExactSearch:
                 mask_excluded(S, exclude, s)
             v = torch.cat([best_v, S], dim=1)
             i = torch.cat([best_i, torch.arange(s, s + S.shape[1], device=X.device).expand_as(S)], 1)
-            kk = min(k, v.shape[1])
-            best_v, pos = v.topk(kk, dim=1)
-            best_i = i.gather(1, pos)
+            best_v, best_i = first_k(v, i, min(k, v.shape[1]))
         keep = torch.isfinite(best_v)
         qi = torch.arange(Q.shape[0], device=X.device)[:, None].expand_as(best_i)
         record(stats, "scan", Q.shape[0] * X.shape[0], X.shape[0] * self.row_bytes())
         return (qi[keep].cpu().numpy().astype(np.int64), best_i[keep].cpu().numpy().astype(np.int64),
                 best_v[keep].cpu().numpy())
+
+
+def first_k(v: torch.Tensor, i: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k largest values of ``v`` (B, n) and their labels ``i``, ties at rank k to the
+    lower label (torch.topk picks among ties at will: the rows holding such a tie are sorted)."""
+    best_v, pos = v.topk(k, dim=1)
+    kth = best_v[:, -1:]
+    short = ((v == kth).sum(1) > (best_v == kth).sum(1)).nonzero().flatten()
+    best_i = i.gather(1, pos)
+    if len(short):
+        o = torch.argsort(i[short], dim=1, stable=True)
+        sv, sp = torch.sort(v[short].gather(1, o), dim=1, descending=True, stable=True)
+        best_v[short], best_i[short] = sv[:, :k], i[short].gather(1, o).gather(1, sp[:, :k])
+    return best_v, best_i
