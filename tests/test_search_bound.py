@@ -204,7 +204,7 @@ def test_the_device_plan_equals_the_full_scan():
     """The plan an accelerator gets (bounds held on the device prune single queries, batches are the
     full scan's), run here on the CPU: the same answers as the full scan, bit for bit."""
     from app.search import SearchStats
-    from app.search.bound import DeviceBoundSearch
+    from app.search.bound_device import DeviceBoundSearch
 
     rng = np.random.default_rng(4)
     L, P, C, r = 1, 3000, 32, 5
@@ -231,7 +231,8 @@ def test_the_device_plan_equals_the_full_scan():
 
 
 def test_open_bound_chooses_the_plan_for_the_device(engine):
-    from app.search.bound import BoundSearch, DeviceBoundSearch, open_bound
+    from app.search.bound import BoundSearch
+    from app.search.bound_device import DeviceBoundSearch, open_bound
 
     assert type(open_bound(engine.store, "cpu")) is BoundSearch
     assert type(open_bound(engine.store, "cuda")) is DeviceBoundSearch  # nothing moves there yet
@@ -458,6 +459,15 @@ def test_no_string_of_a_discarded_cell_qualifies():
             for i in range(cells.n):
                 rows = cells.order[cells.edges[i] : cells.edges[i + 1]]
                 assert len(rows) == 0 or sims[rows].max() <= cap[i] + BOUND_MARGIN
+            for cut in (0.3, 0.6, 0.8, 0.9, 0.95):  # a sure cell holds only strings above cut
+                for i in np.flatnonzero(cells.sure(cells.cosines(q), cut)):
+                    assert sims[cells.order[cells.edges[i] : cells.edges[i + 1]]].min() > cut
+            held = np.diff(cells.edges) > 0  # an empty cell is never live
+            for cut in (-1.5, -0.3, 0.0, 0.5, 0.9, 0.99, 0.9999, 1.01):  # live: caps > cut
+                live, capped = cells.live(cells.cosines(q), cut)[held], cap[held] > cut
+                assert np.array_equal(live, capped) or (live >= capped).all() and \
+                    np.abs(cap[held][live != capped] - cut).max() < 1e-9, cut
+            assert not cells.live(cells.cosines(q), -1.5)[~held].any()
 
 
 def test_cells_prune_whole_cells_and_answers_stay_exact():
@@ -482,5 +492,57 @@ def test_cells_prune_whole_cells_and_answers_stay_exact():
             same(full.topk(b, Q[b, i], k, exclude=5), bound.topk(b, Q[b, i], k, exclude=5))
         check_batches(full, bound, b, Q[b], [0.99, 0.9, 0.5], [3, 40])
         cells = bound.index.cells[b]
-        live = cells.live_groups(Q[b].numpy(), 0.99)
+        live = cells.live_groups(cells.cosines(Q[b].numpy()), 0.99)
         assert len(cells.groups) > 2 and not live.all()
+
+
+def test_a_batch_takes_cells_of_neighbours_whole_and_stays_exact():
+    """Cells whose every string qualifies (the cap's lower side) come whole from a threshold batch:
+    their strings and the batch's pairs together are the full scan's answer, with or without
+    excludes (an excluded row keeps its cell out of the whole ones), and ``holds`` finds a row in
+    either."""
+    store = clustered_store(24)
+    full, bound = ExactSearch(store), bound_for(store, [2, 6])
+    Q = torch.from_numpy(unit_rows(store.unit[:, [5, 31, 77, 1500, 900, 12]].astype(np.float32)))
+    ex = torch.tensor([5, -1, 77, -1, 3, 12])
+    whole = 0
+    for b, thr, e in product(range(store.n_layer), (0.95, 0.8, 0.6), (None, ex)):
+        got = bound.batch_threshold_cells(b, Q[b], thr, e)
+        qi, rows, _ = full.batch_threshold(b, Q[b], thr, e)
+        assert sorted(zip(*[a.tolist() for a in got.pairs()])) == sorted(zip(qi.tolist(), rows.tolist()))
+        assert got.holds(qi, rows).all()
+        if e is not None:
+            assert not got.holds(np.arange(6), e.numpy()).any()
+        whole += len(got.cc)
+        if len(got.cc):  # a string of a whole cell, and one that is no neighbour
+            cell = got.cells
+            r = cell.order[cell.edges[got.cc[0]]]
+            assert got.holds(np.array([got.cq[0]]), np.array([r]))[0]
+            far = np.setdiff1d(np.arange(store.size), rows[qi == got.cq[0]])[0]
+            assert not got.holds(np.array([got.cq[0]]), np.array([far]))[0]
+    assert whole > 0  # the test saw whole cells
+
+
+def test_block_counts_count_whole_cells_as_their_strings(engine):
+    """The strip's and the evaluation's per-block counts, neighbour numbers and self hits are the
+    same whether the bound gives cells whole or lists every pair (the micro store, its calibrated
+    thresholds and low ones where whole cells appear)."""
+    from app.approx import QuerySettings
+    from app.study.evaluation import block_counts
+
+    from .test_shards import queries
+
+    Q = queries(engine, count=24, seed=5)
+    own = np.array([3, -1, 10, engine.store.size - 1] * 6, dtype=np.int64)
+    B, whole = Q.shape[1], 0
+    for thr in (None, 0.6, 0.3):
+        s = QuerySettings(thresholds=None if thr is None else [thr] * engine.store.n_layer)
+        s = s.resolved(engine.store)
+        for b, ex in product(range(engine.store.n_layer), (None, torch.from_numpy(own))):
+            whole += len(engine.search.batch_threshold_cells(b, Q[b], s.thresholds[b], ex).cc)
+            qi, rows, _ = engine.search.batch_threshold(b, Q[b], s.thresholds[b], ex, sims=False)
+            hits = np.bincount(qi[rows == own[qi]], minlength=B)
+            ref = (engine.store.counts.sum_rows_grouped(rows, qi, B), np.bincount(qi, minlength=B), hits)
+            got = block_counts(engine, b, Q[b], s, ex, own)
+            assert all(np.array_equal(x, y) for x, y in zip(got, ref)), (thr, b)
+    assert whole > 0

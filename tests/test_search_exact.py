@@ -128,7 +128,8 @@ def test_every_backend_offers_the_interface():
     import inspect
 
     from app.search import SearchBackend
-    from app.search.bound import BoundSearch, DeviceBoundSearch
+    from app.search.bound import BoundSearch
+    from app.search.bound_device import DeviceBoundSearch
     from app.search.ivf import IVFSearch
 
     methods = ("threshold", "topk", "batch_threshold", "batch_topk")

@@ -5,6 +5,8 @@
                opens
     exact.py   "exact": the full scan, whose float32 products every backend returns
     bound.py   "bound": exact answers from a pruned scan (a low-rank bound); its files, build, seal
+               (bound_table, bound_cells, bound_batch, bound_build: its table, cells, batches and
+               build; bound_device: its plan for the device, ``open_bound``)
     ivf.py     "ivf": approximate candidates from a faiss inverted-file index, float32 decides
     sharded.py a sharded store's search: one backend per shard, the answers merged exactly
     ray_shards.py  the same with each shard held by a Ray actor (imported only when asked for)
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from ..shards import ShardedStore
 from ..store import IndexFiles, Store, StoreError
-from . import bound, ivf
+from . import bound, bound_device, ivf
 from .sharded import ShardedSearch
 from .base import Neighbours, SearchBackend, SearchStats, every_block, unit
 from .exact import ExactSearch
@@ -45,7 +47,7 @@ def make_search(store: Store, backend: str = "auto", device: str = "cpu") -> Sea
     if backend == "ivf":
         return ivf.open_ivf(store, device)
     if backend in ("bound", "auto"):
-        return bound.open_bound(store, device)
+        return bound_device.open_bound(store, device)
     raise ValueError(f"unknown search backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -35,8 +35,9 @@ lower bound clears the threshold by the margin.
 below the bandwidth: measured on 858,923 x 97 values, numpy's float32 product 9.4 ms (33 GiB/s),
 float16 converted to float32 chunk by chunk 15-19 ms, torch's float16 product 140 ms.)
 
-Plans, chosen once when the backend opens (``open_bound``): on the CPU, ``BoundSearch`` prunes
-single queries and batches alike; on an accelerator, ``DeviceBoundSearch`` holds the tables
+Plans, chosen once when the backend opens (``bound_device.open_bound``): on the CPU, ``BoundSearch`` prunes
+single queries and batches alike; on an accelerator, ``DeviceBoundSearch``
+(:mod:`app.search.bound_device`) holds the tables
 there and prunes single queries, while batches run the full scan on the device. Both hold an
 ``ExactSearch`` (``scan``) that computes every float32 similarity they return.
 
@@ -44,7 +45,9 @@ Cells: before any string's bound, a threshold query discards whole cells of stri
 cap bound (the angle from the cell's centroid to its farthest string) cannot reach the threshold
 (:mod:`app.search.bound_cells`). The table's columns are laid out cell by cell, so the query's
 passes read only its live cells' columns, and the stages after the first cost that fraction of
-their rows (the walk and ``choose_stages`` price them so). Top-k queries read every column.
+their rows (the walk and ``choose_stages`` price them so); top-k queries read the cells that
+their nearest cells' k-th similarity leaves live; a batch for counts takes the cells whose every
+string qualifies whole (``batch_threshold_cells``).
 
 Files: ``bound_basis.npy`` (L, C, max rank, float32; block b uses its first r_b columns) and
 ``bound_proj.npy`` (sum of r_b + its stages, P; float32): block b's table is its rows,
@@ -63,7 +66,7 @@ from ..store import IndexFiles, Store, StoreError
 from .base import (IndexCheck, Neighbours, SearchStats, batch_output, best_of,
                    clamp_topk, empty, record)
 from .bound_batch import batch_bounds, batch_spans, lower_pairs
-from .bound_cells import read_cells
+from .bound_cells import WholeCells, read_cells
 from .bound_table import BoundIndex
 from .exact import ExactSearch
 
@@ -176,6 +179,7 @@ class BoundSearch:
         self.scan = ExactSearch(store, device)
         self.gather_cost = gather_cost  # 0: never switch to the scan (the pruned plan always)
         self.walk = walk
+        self._cell_counts: dict = {}  # block -> (cells, V) summed follow-on counts of each cell
 
     def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
         """(P,) float32 upper bounds of q . x at the block's last stage by pool row, valid to
@@ -222,8 +226,9 @@ class BoundSearch:
         or its first strings are shown (see Neighbours)."""
         qp, qres = self.index.query_parts(b, q)
         T, P = self.index.block(b), self.store.size
-        cells = self.index.cells[b]
-        cols = None if cells is None else cells.live_columns(q.detach().cpu().numpy(), thr - BOUND_MARGIN)
+        cells, cols = self.index.cells[b], None
+        if cells is not None:
+            cols = cells.live_columns(cells.cosines(q.detach().cpu().numpy()), thr - BOUND_MARGIN)
         live = 1.0 if cols is None else len(cols) / P
         walk = self._walk(b, qp, qres, cols)
         i, ub = next(walk)
@@ -264,17 +269,11 @@ class BoundSearch:
 
     def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
         """As the full scan's, and the same answer, at one stage, its block's ``topk_stage`` (chosen
-        by ``choose_stages``). Top-k does not walk: measured on blog, 100 held-out prompts, the
-        machine otherwise idle, a walk's k-th probes at each stage (a partition of P bounds and
-        1,600 products) cost more than the rows it saved: the six blocks' searches summed,
-        p50 / p95 71 / 145 ms walked, 77 / 119 ms at the last stage. Measured again with the
-        gathers on one-core workers (150 held-out prompts; the stages priced on typed lengths):
-        one stage 58.7 / 113.3 ms; walked with one probe at the first stage 50.9 / 160.4, with a
-        probe at every stage 56.1 / 127.0, with a probe at the first and the last 57.4 / 125.6:
-        a walk saves the typical query's rows and costs the tail's, which needs the last rank.
-        The exact similarities of the 2k best bounds give a k-th value that the answer's k-th can
-        only exceed; every string whose bound reaches it (less the margin, so ties at the k-th
-        are all seen) is decided exactly.
+        by ``choose_stages``). Top-k does not walk: on blog (150 held-out prompts) one stage gave
+        p50 / p95 58.7 / 113.3 ms against 50.9-57.4 / 125.6-160.4 for walks with probes at some
+        stages: a walk saves the typical query's rows and costs the tail's, which needs the last
+        rank. The exact similarities of the 2k best bounds give a k-th value that the answer's
+        k-th can only exceed; every string whose bound reaches it (less the margin) is decided.
 
         With cells, the exact similarities of the strings of the cells nearest the query (at
         least 2k + 1 of them) give a floor the answer's k-th can only exceed: the bounds are read
@@ -289,7 +288,7 @@ class BoundSearch:
             near = near if exclude is None else near[near != exclude]
             if len(near) >= k > 0:
                 floor = float(self.scan.exact(b, torch.from_numpy(near), q).topk(k).values[-1])
-                cols = cells.live_columns(qn, floor - BOUND_MARGIN)
+                cols = cells.live_columns(cells.cosines(qn), floor - BOUND_MARGIN)
         _, ub = next(self._walk(b, qp, qres, cols, i))
         if cols is None:
             return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound",
@@ -308,6 +307,13 @@ class BoundSearch:
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
                         exclude: torch.Tensor | None = None, sims: bool = True,
                         stats: SearchStats | None = None) -> tuple:
+        """As ExactSearch.batch_threshold (``batch_pairs``, every pair listed)."""
+        return self.batch_pairs(b, Q, thr, exclude, sims, stats)
+
+    def batch_pairs(self, b: int, Q: torch.Tensor, thr: float,
+                    exclude: torch.Tensor | None = None, sims: bool = True,
+                    stats: SearchStats | None = None, whole: np.ndarray | None = None,
+                    cos: np.ndarray | None = None) -> tuple:
         """As ExactSearch.batch_threshold, from the bound: one (B, r + 1) x (r + 1, chunk) product
         per chunk instead of (B, C) x (C, chunk), then exact products for the surviving pairs only;
         with ``sims=False``, only for the pairs the lower bound does not already prove (their
@@ -319,7 +325,9 @@ class BoundSearch:
         the first: of blog's 256-character strip, 1, 7, 41, 7 and 91 of 256 positions went on in
         blocks 0-4, whose passes took 109-297 ms at the first stage against 432-993 ms at the
         last. With cells, each query reads only the runs of cells that hold one of its live cells
-        (``batch_spans``)."""
+        (``batch_spans``). ``whole`` (B, n) bool: cells whose strings all qualify, left out of
+        the answer (``batch_threshold_cells`` gives them whole); ``cos``: the queries' products
+        with the cells' centroids, when already computed."""
         cut = np.float32(thr - BOUND_MARGIN)  # as torch compared it: in float32
         st, B, P = self.index.stages[b], Q.shape[0], self.store.size
         last = len(st) - 1
@@ -328,15 +336,17 @@ class BoundSearch:
         live, starts, frac = None, None, np.ones(B)
         if cells is not None:
             Q = Q.detach().to("cpu", torch.float32)
-            live, starts = cells.live_groups(Q.numpy(), float(cut)), cells.group_columns()
+            cos = cells.cosines(Q.numpy()) if cos is None else cos
+            live, starts = cells.live_groups(cos, float(cut)), cells.group_columns()
             frac = (live * np.diff(starts)).sum(1) / P
+        skip = None if whole is None or not whole.any() else (whole, cells.cell_of_column)
         go = np.arange(B)  # the queries that read the last stage
         if last > 0 and 2 * self.index.stage_span(b, 0)[1] <= self.index.stage_span(b, last)[1]:
             # two passes: every query at the first stage, then the last stage for those whose
             # candidates there would cost more to decide than walking on (next_stage)
             Q, Qv0, T0 = self.index.batch_parts(b, Q, 0)
             spans = batch_spans(P, live, starts)
-            qi, rows, ub = batch_bounds(Qv0, T0, cut, not sims, spans)
+            qi, rows, ub = batch_bounds(Qv0, T0, cut, not sims, spans, skip)
             n = np.bincount(qi, minlength=B)
             on = np.array([next_stage(0, last, c, P, Q.shape[1], self.index.stage_bytes(b, 1) * f,
                                       self.gather_cost, live=f) is not None
@@ -350,7 +360,8 @@ class BoundSearch:
             Q, Qv, T = self.index.batch_parts(b, Q)
             Qv = Qv[go] if len(go) < B else Qv
             spans = batch_spans(P, None if live is None else live[go], starts)
-            qi, rows, ub = batch_bounds(Qv, T, cut, not sims, spans)
+            qi, rows, ub = batch_bounds(Qv, T, cut, not sims, spans,
+                                        None if skip is None else (skip[0][go], skip[1]))
             parts.append(lower_pairs(go[qi], rows, ub, Qv, T, qi))
             read += self.index.block_bytes(b) * sum(e - s for s, e, _ in spans) // P
             rank = st[-1]
@@ -386,6 +397,42 @@ class BoundSearch:
         return (qi[keep].numpy().astype(np.int64), rows[keep].numpy().astype(np.int64),
                 exact[keep].numpy())
 
+    def batch_threshold_cells(self, b: int, Q: torch.Tensor, thr: float,
+                              exclude: torch.Tensor | None = None,
+                              stats: SearchStats | None = None) -> WholeCells | None:
+        """A threshold batch's neighbours as pairs and whole cells (``WholeCells``): the cells
+        whose every string qualifies (``Cells.sure``) are given as (query, cell), their strings'
+        follow-on counts summed once per cell; the rest as ``batch_threshold(sims=False)`` gives
+        them. A query's excluded row keeps its cell out of the whole ones. None without cells.
+        On tiny's 64-position strip, 1.2 of block 5's 1.7 million neighbour pairs lie in such
+        cells: its search and counts took 233 -> 163 ms, the six blocks' 499 -> 462 (A/B, 5
+        prompts x 3 rounds). Single queries do not take cells whole: the page orders their first
+        neighbours, which the cells' looser bounds made cost more (tiny's typed prefixes, block
+        5's p95 14.5 -> 19.6 ms)."""
+        cells = self.index.cells[b]
+        if cells is None:
+            return None
+        Q = Q.detach().to("cpu", torch.float32)
+        cos = cells.cosines(Q.numpy())
+        whole = cells.sure(cos, thr + BOUND_MARGIN)
+        if exclude is not None:
+            ex = exclude.to(torch.long).cpu().numpy()
+            at = np.flatnonzero(ex >= 0)
+            whole[at, cells.cell_of_column[cells.columns_of(ex[at])]] = False
+        qi, rows, _ = self.batch_pairs(b, Q, thr, exclude, sims=False, stats=stats, whole=whole,
+                                       cos=cos)
+        cq, cc = np.nonzero(whole)
+        return WholeCells(qi, rows, cq.astype(np.int64), cc.astype(np.int64),
+                          lambda: self.cell_counts(b), np.diff(cells.edges), cells)
+
+    def cell_counts(self, b: int) -> np.ndarray:
+        """(cells, V) the summed follow-on counts of each of block b's cells (kept once made)."""
+        if b not in self._cell_counts:
+            cells = self.index.cells[b]
+            self._cell_counts[b] = self.store.counts.sum_rows_grouped(
+                cells.order, cells.cell_of_column, cells.n)
+        return self._cell_counts[b]
+
     def batch_topk(self, b: int, Q: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
                    stats: SearchStats | None = None) -> tuple[np.ndarray, ...]:
         """As ExactSearch.batch_topk: each query answered as a single one (``topk``: the same
@@ -405,61 +452,9 @@ class BoundSearch:
         return batch_output(answers)
 
 
-class DeviceBoundSearch:
-    """The bound on an accelerator: the tables are held on the device and prune single queries
-    (the same answers as the CPU's plan); batches are the full scan's on the device."""
-
-    name = "bound"
-
-    def __init__(self, store: Store, index: BoundIndex, device: str):
-        self.store, self.device, self.index = store, device, index
-        self.scan = ExactSearch(store, device)
-        self._held: dict = {}
-
-    def _order(self, b: int) -> torch.Tensor | None:
-        """The pool row of each column of block b's table, on the device (None: the same)."""
-        cells = self.index.cells[b]
-        if cells is None:
-            return None
-        if ("order", b) not in self._held:
-            self._held["order", b] = torch.from_numpy(cells.order).to(self.device)
-        return self._held["order", b]
-
-    def bounds(self, b: int, q: torch.Tensor) -> torch.Tensor:
-        """(P,) float32 upper bounds of q . x on the device by column of the table (``_order``
-        maps them to pool rows), valid to within BOUND_MARGIN."""
-        if b not in self._held:
-            self._held[b] = torch.from_numpy(np.array(self.index.block(b))).to(self.device)
-        qp, qres = self.index.query_parts(b, q)
-        v = self.index.prefix_vec(qp, qres, b, len(self.index.stages[b]) - 1)
-        return torch.from_numpy(v).to(self.device) @ self._held[b]
-
-    def threshold(self, b: int, q: torch.Tensor, thr: float, exclude: int | None = None) -> Neighbours:
-        cand = torch.nonzero(self.bounds(b, q) > thr - BOUND_MARGIN).flatten()
-        order = self._order(b)
-        cand = cand if order is None else torch.sort(order[cand]).values
-        stats = record(None, "bound-device", len(cand),
-                       self.index.block_bytes(b) + len(cand) * self.scan.row_bytes())
-        return self.scan.threshold_among(b, q, thr, cand, exclude, stats)
-
-    def topk(self, b: int, q: torch.Tensor, k: int, exclude: int | None = None) -> Neighbours:
-        return topk_from_bounds(self.scan, b, q, self.bounds(b, q), k, exclude, "bound-device",
-                                self.index.block_bytes(b), order=self._order(b),
-                                exclude_col=None if exclude is None else self.index.column_of(b, exclude))
-
-    def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
-                        exclude: torch.Tensor | None = None, sims: bool = True,
-                        stats: SearchStats | None = None) -> tuple:
-        return self.scan.batch_threshold(b, Q, thr, exclude, stats=stats)
-
-    def batch_topk(self, b: int, Q: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-                   stats: SearchStats | None = None) -> tuple[np.ndarray, ...]:
-        return self.scan.batch_topk(b, Q, k, exclude, stats=stats)
-
-
-def open_bound(store: Store, device: str = "cpu") -> BoundSearch | DeviceBoundSearch:
-    """The bound backend over the store's index, its plan chosen for ``device``; refuses an index
-    that is missing, of an older layout, or fitted to other vectors or shapes."""
+def load_index(store: Store) -> BoundIndex:
+    """The store's bound index (its table and cells memory-mapped); refuses an index that is
+    missing, of an older layout, or fitted to other vectors or shapes."""
     info = CHECK.entry(store)
     if info.get("layout") != LAYOUT:
         raise StoreError(f"the bound index at {store.path} has an older layout (no cells); "
@@ -482,11 +477,8 @@ def open_bound(store: Store, device: str = "cpu") -> BoundSearch | DeviceBoundSe
                and table.shape == (sum(r + len(st) for r, st in zip(ranks, stages)), store.size)
                and order.shape == (store.n_layer, store.size)
                and centroids.shape == (store.n_layer, n, store.unit.shape[2])
-               and caps.shape == (store.n_layer, 3, n + 1) and len(groups) == store.n_layer
+               and caps.shape == (store.n_layer, 4, n + 1) and len(groups) == store.n_layer
                and all(caps[b, 0, -1] == store.size and g[0] == 0 and g[-1] == n
                        for b, g in enumerate(groups)),
                f"at {store.path}")
-    index = BoundIndex(basis, stages, table, topk, read_cells(order, centroids, caps, groups))
-    if device == "cpu":
-        return BoundSearch(store, index, device)
-    return DeviceBoundSearch(store, index, device)
+    return BoundIndex(basis, stages, table, topk, read_cells(order, centroids, caps, groups))

@@ -14,11 +14,12 @@ BATCH_CHUNK = 8192
 
 
 def bound_pairs(Qv: torch.Tensor, T: torch.Tensor, cut: np.float32, spans,
-                keep_bounds: bool = False) -> tuple:
+                keep_bounds: bool = False, skip: tuple | None = None) -> tuple:
     """The (query, column) pairs whose bound ``Qv @ T`` exceeds ``cut`` among the columns of
     ``spans``, each (start, end, queries): columns [start, end) for the queries at those indices
     (None: all); with ``keep_bounds``, their bounds too. The spans are at most BATCH_CHUNK columns
-    (the bounds stay in cache). Batches run a share of the spans per core, each on a one-core
+    (the bounds stay in cache). ``skip``: (whole (B, n) bool, the cell of each column): the
+    columns of the cells a query takes whole are left out of its pairs. Batches run a share of the spans per core, each on a one-core
     worker (``app.cores``): torch's product and numpy's comparison on one thread each. Measured
     on tiny's strip (64 positions x 823k rows, block 3 at rank 17): 50 ms on the request's thread
     (numpy's two-thread product, then a one-thread comparison), 26 ms as two slices; a torch
@@ -27,6 +28,12 @@ def bound_pairs(Qv: torch.Tensor, T: torch.Tensor, cut: np.float32, spans,
     qis, rws, ubs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for s, e, qs in spans:
         ub = ((Qv if qs is None else Qv[qs]) @ T[:, s:e]).numpy()
+        if skip is not None:
+            whole, cell_of = skip
+            c0, c1 = int(cell_of[s]), int(cell_of[e - 1]) + 1
+            w = (whole if qs is None else whole[qs.numpy()])[:, c0:c1]
+            if w.any():
+                ub[w[:, cell_of[s:e] - c0]] = -np.inf
         k = np.flatnonzero(ub > cut)
         qi = k // (e - s)
         qis.append(qi if qs is None else qs[qi])
@@ -55,13 +62,13 @@ def batch_spans(P: int, live: np.ndarray | None = None, starts: np.ndarray | Non
 
 
 def batch_bounds(Qv: torch.Tensor, T: np.ndarray, cut: np.float32, keep_bounds: bool,
-                 spans: list) -> tuple:
+                 spans: list, skip: tuple | None = None) -> tuple:
     """``bound_pairs`` over the ``spans`` of the table's rows ``T``, a share per core (every n-th
-    span) on one-core workers."""
+    span) on one-core workers; ``skip`` as there."""
     n, Tt, Qv = torch.get_num_threads(), as_tensor(T), Qv.contiguous()
     if n == 1 or len(spans) < 2:
-        return bound_pairs(Qv, Tt, cut, spans, keep_bounds)
-    futures = [one_core(n).submit(bound_pairs, Qv, Tt, cut, spans[i::n], keep_bounds)
+        return bound_pairs(Qv, Tt, cut, spans, keep_bounds, skip)
+    futures = [one_core(n).submit(bound_pairs, Qv, Tt, cut, spans[i::n], keep_bounds, skip)
                for i in range(n)]
     parts = [f.result() for f in futures]
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),

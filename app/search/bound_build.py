@@ -156,7 +156,7 @@ def choose_stages(unit: np.ndarray, basis: np.ndarray, ranks=None, queries: int 
     live_rows, live_frac = None, np.ones(B)
     if cells is not None and threshold is not None:
         from .bound_cells import LIVE_MAX
-        live_cells = cells.caps(Q.numpy()) > float(threshold) - BOUND_MARGIN
+        live_cells = cells.live(cells.cosines(Q.numpy()), float(threshold) - BOUND_MARGIN)
         sizes = np.diff(cells.edges)
         live_frac = (live_cells * sizes).sum(1) / P
         live_cells[live_frac > LIVE_MAX] = True  # such a query reads every column

@@ -10,6 +10,9 @@ the cell is at least max(theta - alpha, 0) away from q (the triangle inequality 
     q . x  <=  |x| cos(max(theta - alpha, 0))
 
 and a threshold query reads only the strings of the cells whose cap reaches its threshold. The
+other side, q . x >= nmin cos(theta + alpha) (nmin: the cell's smallest norm), proves that every
+string of a cell qualifies: a threshold batch gives such cells whole (``WholeCells``), each
+counted once by its strings' summed follow-on counts, without a pair for each string. The
 bound table's columns are laid out cell by cell (``order``: the pool row of each column), so a
 cell is a contiguous run of every row of the table; the cells themselves are ordered by a coarse
 k-means of their centroids (``groups``: about sqrt(n) runs of cells), so that a batch can skip
@@ -22,13 +25,15 @@ in block 4, 7 / 16 % in block 5 (threshold 0.92); on blog's (859k x 384), 0.07 /
 cells stay live and the search reads every column, as without cells (``LIVE_MAX``).
 
 Rounding: the centroids' products with the query are float32 (error under C 2^-24, C <= 4096),
-taken COS_SLACK higher before the arccos; alpha and the norms are computed in float64 from the
-stored float16 values; the bound is compared with the threshold less BOUND_MARGIN as the strings'
-bounds are. The tests check that no string of a discarded cell qualifies.
+taken COS_SLACK higher (lower, for the other side); alpha and the norms are computed in float64
+from the stored float16 values; the bound is compared with the threshold less BOUND_MARGIN (the
+other side with the threshold plus it) as the strings' bounds are. The tests check that no string
+of a discarded cell qualifies and that every string of a whole cell does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,8 +77,8 @@ class Cells:
     """One block's cells. ``order`` (P,): the pool row of each column of the block's table, cell
     by cell; ``edges`` (n + 1,): the columns of cell i are edges[i]:edges[i + 1]; ``centroids``
     (n, C) float32 unit; ``alpha`` (n,): each cell's largest angle to its centroid (radians,
-    float64); ``nmax`` (n,): its largest vector norm; ``groups`` (G + 1,): the cells of run g are
-    groups[g]:groups[g + 1]."""
+    float64); ``nmax`` (n,): its largest vector norm (``nmin``: its smallest); ``groups`` (G + 1,):
+    the cells of run g are groups[g]:groups[g + 1]."""
 
     order: np.ndarray
     edges: np.ndarray
@@ -81,6 +86,8 @@ class Cells:
     alpha: np.ndarray
     nmax: np.ndarray
     groups: np.ndarray
+    nmin: np.ndarray | None = None
+    _cell_of: np.ndarray | None = None
     _inverse: np.ndarray | None = None
 
     @property
@@ -93,10 +100,45 @@ class Cells:
         theta = np.arccos(np.clip(cos, -1.0, 1.0))
         return self.nmax * np.cos(np.maximum(theta - self.alpha, 0.0))
 
-    def live_columns(self, q: np.ndarray, cut: float) -> np.ndarray | None:
-        """The columns of the cells whose cap exceeds ``cut``, in order; None when they are more
-        than LIVE_MAX of all (read every column)."""
-        live = np.flatnonzero(self.caps(q) > cut)
+    def cos_cuts(self, cut: float) -> np.ndarray:
+        """(n,) per cell, the cosine of the query to its centroid above which its cap exceeds
+        ``cut``: nmax cos(max(theta - alpha, 0)) > cut exactly when theta < alpha + phi, phi =
+        arccos(cut / nmax), that is cos theta > cos(alpha + phi) (-inf when alpha + phi reaches
+        pi: always; +inf when cut >= nmax: never), taken 1e-12 lower."""
+        empty = self.nmax <= 0
+        r = np.maximum(cut / np.where(empty, 1.0, self.nmax), -1.0)
+        reach = self.alpha + np.arccos(np.minimum(r, 1.0))
+        t = np.where(reach >= np.pi, -np.inf, np.cos(np.minimum(reach, np.pi)) - 1e-12)
+        return np.where((r >= 1.0) | empty, np.inf, t)
+
+    def cosines(self, Q: np.ndarray) -> np.ndarray:
+        """(n,) (or (B, n) for queries (B, C)) the query's float32 products with the centroids, as
+        float64: what ``live``, ``sure`` and the rest read (computed once a query and block)."""
+        return (np.asarray(Q, dtype=np.float32) @ self.centroids.T).astype(np.float64)
+
+    def live(self, cos: np.ndarray, cut: float) -> np.ndarray:
+        """Whether each cell's cap exceeds ``cut``, given the query's ``cosines``: (n,) bool (or
+        (B, n)), as ``caps(Q) > cut`` is (or a cell more, within 1e-12 of the boundary), without
+        the arccos and cosine of every (query, cell) pair (5 ms a block for a strip's 64)."""
+        return cos + COS_SLACK > self.cos_cuts(cut)
+
+    def sure(self, cos: np.ndarray, cut: float) -> np.ndarray:
+        """Whether every string of each cell has q . x > ``cut`` > 0, given the query's ``cosines``:
+        (n,) bool (or (B, n)). The
+        cap's other side: x is within theta + alpha of q, so q . x >= nmin cos(theta + alpha)
+        while that angle stays below pi / 2; theta read with the centroid's cosine taken COS_SLACK
+        lower. Such a cell holds only neighbours: a batch takes it whole (``WholeCells``)."""
+        if self.nmin is None or cut <= 0:
+            return np.zeros(cos.shape, dtype=bool)
+        r = np.minimum(cut / np.maximum(self.nmin, 1e-300), 1.0)
+        psi = np.arccos(r) - self.alpha  # q . x > cut for every x when theta < psi
+        t = np.where(psi > 0, np.cos(np.clip(psi, 0.0, np.pi)) + 1e-12, np.inf)
+        return cos - COS_SLACK > t
+
+    def live_columns(self, cos: np.ndarray, cut: float) -> np.ndarray | None:
+        """The columns of the cells whose cap exceeds ``cut`` (``cos``: the query's ``cosines``),
+        in order; None when they are more than LIVE_MAX of all (read every column)."""
+        live = np.flatnonzero(self.live(cos, cut))
         sizes = self.edges[live + 1] - self.edges[live]
         total = int(sizes.sum())
         if total > LIVE_MAX * self.edges[-1]:
@@ -114,10 +156,9 @@ class Cells:
         take = by[: int(np.searchsorted(np.cumsum(sizes), m)) + 1]
         return np.concatenate([self.order[self.edges[c] : self.edges[c + 1]] for c in take])
 
-    def live_groups(self, Q: np.ndarray, cut: float) -> np.ndarray:
+    def live_groups(self, cos: np.ndarray, cut: float) -> np.ndarray:
         """(B, G) bool: which runs of cells hold a cell whose cap exceeds ``cut`` for each query."""
-        live = self.caps(Q) > cut
-        return np.logical_or.reduceat(live, self.groups[:-1], axis=1)
+        return np.logical_or.reduceat(self.live(cos, cut), self.groups[:-1], axis=1)
 
     def group_columns(self) -> np.ndarray:
         """(G + 1,) the columns where each run of cells starts (and the end)."""
@@ -125,11 +166,22 @@ class Cells:
 
     def column_of(self, row: int) -> int:
         """The column of pool row ``row``."""
+        return int(self.columns_of(np.array([row]))[0])
+
+    def columns_of(self, rows: np.ndarray) -> np.ndarray:
+        """The columns of pool rows ``rows``."""
         if self._inverse is None:
             inv = np.empty(len(self.order), dtype=np.int64)
             inv[self.order] = np.arange(len(self.order))
             self._inverse = inv
-        return int(self._inverse[row])
+        return self._inverse[rows]
+
+    @property
+    def cell_of_column(self) -> np.ndarray:
+        """(P,) int32: the cell of each column."""
+        if self._cell_of is None:
+            self._cell_of = np.repeat(np.arange(self.n, dtype=np.int32), np.diff(self.edges))
+        return self._cell_of
 
 
 def fit_cells(unit: np.ndarray, n: int | None = None, seed: int = 0) -> Cells:
@@ -155,27 +207,29 @@ def fit_cells(unit: np.ndarray, n: int | None = None, seed: int = 0) -> Cells:
     groups = np.unique(groups)  # an empty run of cells is no run
     c64 = cen.numpy().astype(np.float64)
     c64 /= np.linalg.norm(c64, axis=1, keepdims=True)
-    alpha, nmax = np.zeros(n), np.zeros(n)
+    alpha, nmax, nmin = np.zeros(n), np.zeros(n), np.full(n, np.inf)
     for s in range(0, P, 65536):
         x = np.asarray(unit[s : s + 65536], dtype=np.float64)
         norm = np.linalg.norm(x, axis=1)
         cos = np.einsum("pc,pc->p", x, c64[a[s : s + 65536]]) / np.maximum(norm, 1e-300)
         np.maximum.at(alpha, a[s : s + 65536], np.arccos(np.clip(cos, -1.0, 1.0)))
         np.maximum.at(nmax, a[s : s + 65536], norm)
+        np.minimum.at(nmin, a[s : s + 65536], norm)
+    nmin[np.isinf(nmin)] = 0.0  # an empty cell
     return Cells(order.astype(np.int64), edges, np.ascontiguousarray(c64, dtype=np.float32),
-                 alpha + 1e-9, nmax * (1 + 1e-9), groups)
+                 alpha + 1e-9, nmax * (1 + 1e-9), groups, nmin * (1 - 1e-9))
 
 
 def write_cells(path, cells: list[Cells]) -> list[list[int]]:
     """Write every block's cells to the store's files (``CELL_FILES``: the columns' pool rows,
-    int32; the centroids, float32; edges, alpha and largest norms, float64); returns the runs
+    int32; the centroids, float32; edges, alpha, largest and smallest norms, float64); returns the runs
     of cells (``groups``), which the manifest records."""
     L, n = len(cells), cells[0].n
     np.save(path / "bound_order.npy", np.stack([c.order.astype(np.int32) for c in cells]))
     np.save(path / "bound_centroids.npy", np.stack([c.centroids for c in cells]))
-    caps = np.zeros((L, 3, n + 1))
+    caps = np.zeros((L, 4, n + 1))
     for b, c in enumerate(cells):
-        caps[b, 0], caps[b, 1, :n], caps[b, 2, :n] = c.edges, c.alpha, c.nmax
+        caps[b, 0], caps[b, 1, :n], caps[b, 2, :n], caps[b, 3, :n] = c.edges, c.alpha, c.nmax, c.nmin
     np.save(path / "bound_cells.npy", caps)
     return [[int(g) for g in c.groups] for c in cells]
 
@@ -185,4 +239,52 @@ def read_cells(order: np.ndarray, centroids: np.ndarray, caps: np.ndarray, group
     n = centroids.shape[1]
     return [Cells(np.asarray(order[b], dtype=np.int64), caps[b, 0].astype(np.int64),
                   np.ascontiguousarray(centroids[b]), caps[b, 1, :n], caps[b, 2, :n],
-                  np.asarray(groups[b], dtype=np.int64)) for b in range(len(caps))]
+                  np.asarray(groups[b], dtype=np.int64), caps[b, 3, :n]) for b in range(len(caps))]
+
+
+@dataclass
+class WholeCells:
+    """A threshold batch's neighbours (``BoundSearch.batch_threshold_cells``): the pairs (``qi``,
+    ``rows``), and the whole cells (``cq``, ``cc``): query cq[i] has every string of cell cc[i]
+    as a neighbour. ``counts()`` (n, V): each cell's summed follow-on counts (made when first
+    asked); ``sizes`` (n,): its strings; ``cells``: the block's Cells."""
+
+    qi: np.ndarray
+    rows: np.ndarray
+    cq: np.ndarray
+    cc: np.ndarray
+    counts: Callable[[], np.ndarray]
+    sizes: np.ndarray
+    cells: Cells
+
+    def summed(self, sum_rows_grouped, B: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, V) each query's summed follow-on counts (its pairs' rows through
+        ``sum_rows_grouped(rows, groups, n)``, plus its whole cells'), and (B,) its neighbours."""
+        out = sum_rows_grouped(self.rows, self.qi, B)
+        if len(self.cq):
+            np.add.at(out, self.cq, self.counts()[self.cc])
+        sizes = np.bincount(self.qi, minlength=B) + np.bincount(
+            self.cq, weights=self.sizes[self.cc], minlength=B).astype(np.int64)
+        return out, sizes.astype(np.int64)
+
+    def holds(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Whether query q[i]'s neighbours hold pool row rows[i] (-1: none): among its pairs or
+        in one of its whole cells."""
+        q, rows = np.asarray(q, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        ok = rows >= 0
+        whole = np.zeros((int(q.max(initial=-1)) + 1, self.cells.n), dtype=bool)
+        keep = self.cq < len(whole)
+        whole[self.cq[keep], self.cc[keep]] = True
+        out = np.zeros(len(q), dtype=bool)
+        out[ok] = whole[q[ok], self.cells.cell_of_column[self.cells.columns_of(rows[ok])]]
+        M = int(max(self.rows.max(initial=0), rows.max(initial=0))) + 1
+        return out | (ok & np.isin(q * M + rows, self.qi * M + self.rows))
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (query, pool row) pair, the whole cells' strings listed (tests, checks)."""
+        e = self.cells.edges
+        n = e[self.cc + 1] - e[self.cc]
+        start = np.repeat(e[self.cc] - np.concatenate([[0], np.cumsum(n)[:-1]]), n)
+        cols = start + np.arange(int(n.sum()))
+        return (np.concatenate([self.qi, np.repeat(self.cq, n)]),
+                np.concatenate([self.rows, self.cells.order[cols]]))

@@ -25,6 +25,14 @@ def block_counts(engine: Engine, block: int, Q: torch.Tensor, s: QuerySettings,
     -> (summed follow-on counts (B, V) int64, neighbour counts (B,) int64, self hits (B,) int64:
     how many of a prompt's neighbours are its own pool string, 0 or 1)."""
     store, B = engine.store, Q.shape[0]
+    cells = getattr(engine.search, "batch_threshold_cells", None)
+    whole = None if s.mode != "threshold" or cells is None else \
+        cells(block, Q, s.thresholds[block], exclude)
+    if whole is not None:  # the bound's cells: those whose every string qualifies come whole
+        counts, sizes = whole.summed(store.counts.sum_rows_grouped, B)
+        hits = np.zeros(B, dtype=np.int64) if self_rows is None else \
+            whole.holds(np.arange(B), np.asarray(self_rows, dtype=np.int64)).astype(np.int64)
+        return counts, sizes, hits
     if s.mode == "threshold":
         qi, nb, _ = engine.search.batch_threshold(block, Q, s.thresholds[block], exclude, sims=False)
     else:
