@@ -496,6 +496,21 @@ def test_cells_prune_whole_cells_and_answers_stay_exact():
         assert len(cells.groups) > 2 and not live.all()
 
 
+def test_top_k_over_live_cells_scans_only_when_the_whole_block_would_cost_less():
+    """The planner prices a top-k's candidates against the block's scan, not against the live
+    cells' columns it read: a few dozen candidates among a few hundred live columns are decided
+    exactly, not sent to the scan."""
+    from app.search.bound import GATHER_COST
+
+    store = clustered_store(25)
+    full, bound = ExactSearch(store), bound_for(store, [2, 6], gather_cost=GATHER_COST)
+    Q = torch.from_numpy(unit_rows(store.unit[:, [5, 31, 77, 1500]].astype(np.float32)))
+    for b, i, k in product(range(store.n_layer), range(Q.shape[1]), (5, 40)):
+        got = bound.topk(b, Q[b, i], k)
+        assert got.stats.plan == "bound+cells", (b, i, k, got.stats.plan)
+        same(full.topk(b, Q[b, i], k), got)
+
+
 def test_a_batch_takes_cells_of_neighbours_whole_and_stays_exact():
     """Cells whose every string qualifies (the cap's lower side) come whole from a threshold batch:
     their strings and the batch's pairs together are the full scan's answer, with or without

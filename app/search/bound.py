@@ -150,7 +150,7 @@ def topk_from_bounds(scan: ExactSearch, b: int, q: torch.Tensor, ub: torch.Tenso
         cand = torch.from_numpy(np.flatnonzero(ub.numpy() >= np.float32(kth - BOUND_MARGIN)))
     else:
         cand = torch.nonzero(ub >= kth - BOUND_MARGIN).flatten()
-    if len(cand) * gather_cost > len(ub):  # the bound cannot prune enough: scan (see GATHER_COST)
+    if len(cand) * gather_cost > scan.store.size:  # the bound cannot prune enough: scan (GATHER_COST)
         nb = scan.topk(b, q, k, exclude)
         nb.stats = record(None, plan + "->scan", nb.stats.candidates,
                           bound_bytes + m * scan.row_bytes() + nb.stats.bytes_read, rank)
