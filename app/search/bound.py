@@ -66,7 +66,7 @@ from ..store import IndexFiles, Store, StoreError
 from .base import (IndexCheck, Neighbours, SearchStats, batch_output, best_of,
                    clamp_topk, empty, record)
 from .bound_batch import batch_bounds, batch_spans, lower_pairs
-from .bound_cells import WholeCells, read_cells
+from .bound_cells import TOPK_LIVE_MAX, WholeCells, read_cells
 from .bound_table import BoundIndex
 from .exact import ExactSearch
 
@@ -277,7 +277,7 @@ class BoundSearch:
 
         With cells, the exact similarities of the strings of the cells nearest the query (at
         least 2k + 1 of them) give a floor the answer's k-th can only exceed: the bounds are read
-        only over the cells whose cap reaches it (when those hold at most LIVE_MAX of the
+        only over the cells whose cap reaches it (when those hold at most TOPK_LIVE_MAX of the
         strings), every one of the answer's strings among them."""
         qp, qres = self.index.query_parts(b, q)
         i = self.index.topk_stage[b]
@@ -288,7 +288,7 @@ class BoundSearch:
             near = near if exclude is None else near[near != exclude]
             if len(near) >= k > 0:
                 floor = float(self.scan.exact(b, torch.from_numpy(near), q).topk(k).values[-1])
-                cols = cells.live_columns(cells.cosines(qn), floor - BOUND_MARGIN)
+                cols = cells.live_columns(cells.cosines(qn), floor - BOUND_MARGIN, TOPK_LIVE_MAX)
         _, ub = next(self._walk(b, qp, qres, cols, i))
         if cols is None:
             return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound",
