@@ -19,8 +19,9 @@ def bound_pairs(Qv: torch.Tensor, T: torch.Tensor, cut: np.float32, spans,
     ``spans``, each (start, end, queries): columns [start, end) for the queries at those indices
     (None: all); with ``keep_bounds``, their bounds too. The spans are at most BATCH_CHUNK columns
     (the bounds stay in cache). ``skip``: (whole (B, n) bool, the cell of each column): the
-    columns of the cells a query takes whole are left out of its pairs. Batches run a share of the spans per core, each on a one-core
-    worker (``app.cores``): torch's product and numpy's comparison on one thread each. Measured
+    columns of the cells a query takes whole are left out of its pairs. Batches run a share of
+    the spans per core, each on a one-core worker (``app.cores``): torch's product and numpy's
+    comparison on one thread each. Measured
     on tiny's strip (64 positions x 823k rows, block 3 at rank 17): 50 ms on the request's thread
     (numpy's two-thread product, then a one-thread comparison), 26 ms as two slices; a torch
     operation between numpy's products also waits for BLAS's threads to yield the cores (706-888
