@@ -290,18 +290,18 @@ class BoundSearch:
                 floor = float(self.scan.exact(b, torch.from_numpy(near), q).topk(k).values[-1])
                 cols = cells.live_columns(cells.cosines(qn), floor - BOUND_MARGIN, TOPK_LIVE_MAX)
         _, ub = next(self._walk(b, qp, qres, cols, i))
-        if cols is None:
-            return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound",
-                                    self.index.block_bytes(b, i), self.gather_cost,
-                                    self.index.stages[b][i],
-                                    None if cells is None else torch.from_numpy(cells.order),
-                                    None if exclude is None else self.index.column_of(b, exclude))
-        rows = cells.order[cols]
-        at = None if exclude is None else np.flatnonzero(rows == exclude)
-        return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude, "bound+cells",
-                                int(self.index.block_bytes(b, i) * len(cols) / self.store.size),
-                                self.gather_cost, self.index.stages[b][i], torch.from_numpy(rows),
-                                None if at is None or len(at) == 0 else int(at[0]))
+        order = None if cells is None else cells.order if cols is None else cells.order[cols]
+        at = None  # the excluded row's place among the bounds read (None: not among them)
+        if exclude is not None and order is not None:
+            at = self.index.column_of(b, exclude)
+            if cols is not None:
+                j = int(np.searchsorted(cols, at))  # the live columns are in order
+                at = j if j < len(cols) and cols[j] == at else None
+        return topk_from_bounds(self.scan, b, q, torch.from_numpy(ub), k, exclude,
+                                "bound" if cols is None else "bound+cells",
+                                int(self.index.block_bytes(b, i) * len(ub) / self.store.size),
+                                self.gather_cost, self.index.stages[b][i],
+                                None if order is None else torch.from_numpy(order), at)
 
     # --- batches (evaluation, calibration) ------------------------------------------------------
     def batch_threshold(self, b: int, Q: torch.Tensor, thr: float,
